@@ -1,0 +1,3 @@
+"""mmfusion: multimodal inspection and analysis pipelines (encoders -> fusion -> heads)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,224 @@
+"""Pipeline config schema (models/<name>/config.yaml): loading and validation with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mmfusion.registry import ENCODERS, FUSIONS, HEADS, Registry, load_all
+from mmfusion.types import Modality
+
+CONFIG_FILE = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A model folder or config file that cannot be used; the message names file, key and value."""
+
+
+def _resolve_local_path(value: str | None, info: ValidationInfo) -> str | None:
+    """Resolve a path relative to the model folder given in the validation context."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    model_dir = (info.context or {}).get("model_dir")
+    if not path.is_absolute() and model_dir is not None:
+        path = Path(model_dir) / path
+    return str(path)
+
+
+LocalPath = Annotated[str, AfterValidator(_resolve_local_path)]
+"""A filesystem path; relative paths are taken from the model folder."""
+
+
+class PartParams(BaseModel):
+    """Base for the `params:` block of an encoder, fusion or head; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class PartSpec(BaseModel):
+    """A registered part by name plus its params (validated later against the part's own schema)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _check_name(registry: Registry, name: str) -> str:
+    load_all()
+    if name not in registry:
+        raise ValueError(f"'{name}' is not a known {registry.kind}; allowed: {', '.join(registry.names())}")
+    return name
+
+
+class EncoderSpec(PartSpec):
+    """An encoder for one modality."""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _check_name(ENCODERS, name)
+
+
+class FusionSpec(PartSpec):
+    """The fusion module that combines the encoders' embeddings."""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _check_name(FUSIONS, name)
+
+
+class HeadSpec(PartSpec):
+    """A task head; labels and thresholds live here, outside any exported graph."""
+
+    labels: list[str] = Field(default_factory=list)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _check_name(HEADS, name)
+
+    @model_validator(mode="after")
+    def _thresholds_name_labels(self) -> HeadSpec:
+        unknown = sorted(set(self.thresholds) - set(self.labels))
+        if unknown:
+            raise ValueError(f"thresholds for unknown labels {unknown}; labels are {self.labels}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels repeat: {self.labels}")
+        return self
+
+
+class PipelineConfig(BaseModel):
+    """One pipeline: encoders per modality -> fusion -> named heads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    version: int = Field(default=1, ge=1)
+    encoders: dict[Modality, EncoderSpec]
+    fusion: FusionSpec
+    heads: dict[str, HeadSpec]
+    seed: int = 0
+
+    @field_validator("encoders")
+    @classmethod
+    def _modality_matches(cls, encoders: dict[Modality, EncoderSpec]) -> dict[Modality, EncoderSpec]:
+        if not encoders:
+            raise ValueError("at least one encoder is required")
+        for modality, spec in encoders.items():
+            encoder_modality = ENCODERS.get(spec.name).modality
+            if encoder_modality != modality:
+                raise ValueError(
+                    f"encoder '{spec.name}' reads {encoder_modality.value}, not {modality.value}"
+                )
+        return encoders
+
+    @field_validator("heads")
+    @classmethod
+    def _some_heads(cls, heads: dict[str, HeadSpec]) -> dict[str, HeadSpec]:
+        if not heads:
+            raise ValueError("at least one head is required")
+        return heads
+
+
+def _describe_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys a schema allows at the mapping that holds `loc[-1]`."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(source: str, error: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> str:
+    """Turn a pydantic error into 'file: key: problem (got value); allowed: ...' lines."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in (*prefix, *item["loc"])) or "<top level>"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, item["loc"])
+            lines.append(f"{source}: {key}: unknown key; allowed: {', '.join(allowed)}")
+        elif kind == "missing":
+            lines.append(f"{source}: {key}: required key is missing")
+        elif kind == "enum":
+            expected = item.get("ctx", {}).get("expected", "")
+            lines.append(f"{source}: {key}: {_describe_value(item['input'])} is not allowed; allowed: {expected}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {key}: {message} (got {_describe_value(item['input'])})")
+    return "\n".join(lines)
+
+
+def validate_params(
+    params_model: type[BaseModel], raw: dict[str, Any], source: str, where: tuple, model_dir: Path | None
+) -> BaseModel:
+    """Validate a part's `params:` block against its schema, naming the file and key on error."""
+    try:
+        return params_model.model_validate(raw, context={"model_dir": model_dir})
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(source, error, params_model, where)) from None
+
+
+def parse_config(raw: Any, source: str, model_dir: Path | None = None) -> PipelineConfig:
+    """Validate a parsed YAML document as a pipeline config and every part's params."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        config = PipelineConfig.model_validate(raw, context={"model_dir": model_dir})
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(source, error, PipelineConfig)) from None
+    for modality, spec in config.encoders.items():
+        validate_params(ENCODERS.get(spec.name).Params, spec.params, source, ("encoders", modality.value, "params"), model_dir)
+    validate_params(FUSIONS.get(config.fusion.name).Params, config.fusion.params, source, ("fusion", "params"), model_dir)
+    for head_name, spec in config.heads.items():
+        validate_params(HEADS.get(spec.name).Params, spec.params, source, ("heads", head_name, "params"), model_dir)
+    return config
+
+
+def load_config(model_dir: str | Path) -> PipelineConfig:
+    """Read and validate `<model_dir>/config.yaml`."""
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not model_dir.is_dir():
+        raise ConfigError(f"model folder {str(model_dir)!r} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; a model folder needs a {CONFIG_FILE}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    return parse_config(raw, str(path), model_dir)

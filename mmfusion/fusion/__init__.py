@@ -1,0 +1,3 @@
+"""Fusion modules: combine per-modality embeddings into one."""
+
+from mmfusion.fusion import cross_attention, early, late  # noqa: F401  (imported for registration)

@@ -1,0 +1,118 @@
+"""Early fusion: project every modality's tokens to one width, concatenate them and run a transformer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+from torch import nn
+
+from mmfusion.config import PartParams
+from mmfusion.fusion.base import Fusion
+from mmfusion.registry import FUSIONS
+from mmfusion.types import Embedding, Modality
+
+
+def check_input_dims(fusion: str, input_dims: dict[Modality, int]) -> None:
+    """Raise a ValueError unless there is at least one modality and every width is positive."""
+    if not input_dims:
+        raise ValueError(f"{fusion} fusion: input_dims is empty; it needs at least one modality's width")
+    for modality, dim in input_dims.items():
+        if dim <= 0:
+            raise ValueError(
+                f"{fusion} fusion: input_dims[{modality.value}] = {dim}; expected a positive width"
+            )
+
+
+def check_embeddings(
+    fusion: Fusion, embeddings: dict[Modality, Embedding], part: Literal["tokens", "pooled"]
+) -> list[Modality]:
+    """Present modalities in sorted order, after checking they are known, agree on B and have the built width."""
+    present = Fusion.present(embeddings)
+    name = fusion.registry_name
+    known = ", ".join(m.value for m in fusion.input_dims)
+    batch_sizes = {m.value: embeddings[m].batch_size for m in present}
+    for modality in present:
+        if modality not in fusion.input_dims:
+            raise ValueError(f"{name} fusion: got modality {modality.value}, but it was built for {known}")
+        embedding = embeddings[modality]
+        width = embedding.dim if part == "tokens" else embedding.pooled.shape[-1]
+        if width != fusion.input_dims[modality]:
+            raise ValueError(
+                f"{name} fusion: {modality.value} {part} have width {width}; "
+                f"expected {fusion.input_dims[modality]} (the width it was built for)"
+            )
+    if len(set(batch_sizes.values())) > 1:
+        raise ValueError(f"{name} fusion: modalities disagree on batch size: {batch_sizes}")
+    return present
+
+
+class EarlyParams(PartParams):
+    """`params:` of the early fusion."""
+
+    width: int = Field(default=256, gt=0)
+    depth: int = Field(default=2, gt=0)
+    heads: int = Field(default=4, gt=0)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide_width(cls, heads: int, info: ValidationInfo) -> int:
+        width = info.data.get("width")
+        if width is not None and width % heads != 0:
+            raise ValueError(f"heads {heads} does not divide width {width}; expected a divisor of {width}")
+        return heads
+
+
+@FUSIONS.register("early")
+class EarlyFusion(Fusion):
+    """Project + modality embedding per modality, prepend a CLS token, concatenate, transformer; pooled = CLS."""
+
+    Params = EarlyParams
+    example_params = {"width": 32, "depth": 1, "heads": 2}
+
+    def __init__(self, params: EarlyParams, input_dims: dict[Modality, int]) -> None:
+        super().__init__(params, input_dims)
+        check_input_dims(self.registry_name, self.input_dims)
+        width = params.width
+        self.output_dim = width
+        self.projections = nn.ModuleDict(
+            {m.value: nn.Linear(dim, width) for m, dim in self.input_dims.items()}
+        )
+        self.modality_embeddings = nn.ParameterDict(
+            {m.value: nn.Parameter(torch.randn(width) * 0.02) for m in self.input_dims}
+        )
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)  # (1, 1, W)
+        layer = nn.TransformerEncoderLayer(
+            d_model=width,
+            nhead=params.heads,
+            dim_feedforward=round(width * params.mlp_ratio),
+            dropout=params.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # Pre-norm layers leave the residual stream unnormalised, so the encoder ends with a LayerNorm.
+        self.encoder = nn.TransformerEncoder(
+            layer, num_layers=params.depth, norm=nn.LayerNorm(width), enable_nested_tensor=False
+        )
+
+    def forward(self, embeddings: dict[Modality, Embedding]) -> Embedding:
+        """Fuse the present modalities' tokens; an absent modality simply contributes no tokens."""
+        present = check_embeddings(self, embeddings, "tokens")
+        first = embeddings[present[0]]
+        batch = first.batch_size
+        token_parts = [self.cls_token.expand(batch, -1, -1)]  # [(B, 1, W)]
+        mask_parts = [torch.ones(batch, 1, dtype=torch.bool, device=first.mask.device)]  # [(B, 1)]
+        for modality in present:
+            embedding = embeddings[modality]
+            projected = self.projections[modality.value](embedding.tokens)  # (B, L_m, W)
+            token_parts.append(projected + self.modality_embeddings[modality.value])
+            mask_parts.append(embedding.mask)
+        tokens = torch.cat(token_parts, dim=1)  # (B, 1 + sum L_m, W)
+        mask = torch.cat(mask_parts, dim=1)  # (B, 1 + sum L_m), True = valid
+        # nn.Transformer masks mean True = padding, the opposite of Embedding.mask.
+        fused = self.encoder(tokens, src_key_padding_mask=~mask)  # (B, 1 + sum L_m, W)
+        return Embedding(tokens=fused, pooled=fused[:, 0], mask=mask)

@@ -1,0 +1,34 @@
+"""Head contract: fused Embedding -> named tensors (forward) -> per-item results (postprocess)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmfusion.config import HeadSpec, PartParams
+from mmfusion.types import Embedding
+
+
+class Head(nn.Module):
+    """Base head. Thresholds and label names stay in `spec` and are applied in `postprocess`."""
+
+    Params: ClassVar[type[PartParams]] = PartParams
+    registry_name: ClassVar[str]
+    example_params: ClassVar[dict] = {}
+    """Small params that the contract tests build this part with."""
+
+    def __init__(self, params: PartParams, input_dim: int, spec: HeadSpec) -> None:
+        super().__init__()
+        self.params = params
+        self.input_dim = input_dim
+        self.spec = spec
+
+    def forward(self, fused: Embedding) -> dict[str, torch.Tensor]:  # noqa: D102
+        raise NotImplementedError
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Turn this head's raw batch outputs into one plain-Python result per item."""
+        raise NotImplementedError

