@@ -165,7 +165,7 @@ def format_validation_error(source: str, error: ValidationError, model: type[Bas
     """Turn a pydantic error into 'file: key: problem (got value); allowed: ...' lines."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(p) for p in (*prefix, *item["loc"])) or "<top level>"
+        key = ".".join(str(p) for p in (*prefix, *item["loc"]) if p != "[key]") or "<top level>"
         kind = item["type"]
         if kind == "extra_forbidden":
             allowed = _allowed_keys(model, item["loc"])

@@ -79,7 +79,8 @@ class FasterWhisperEncoder(Encoder):
         self.output_dim = self._encoder_width()
 
     def _encoder_width(self) -> int:
-        silence = np.zeros((1, self.model.model.n_mels, self.window_frames), np.float32)
+        # Two mel frames are enough to read the width; a full 30 s window would cost seconds.
+        silence = np.zeros((1, self.model.model.n_mels, 2), np.float32)
         return int(self._encode(silence).shape[-1])
 
     def _encode(self, features: np.ndarray) -> np.ndarray:

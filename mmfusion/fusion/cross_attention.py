@@ -112,13 +112,12 @@ class CrossAttentionFusion(Fusion):
         self.query_projection = nn.Linear(self.input_dims[params.query], width)
         self.context_projection = nn.Linear(self.input_dims[params.context], width)
         self.blocks = nn.ModuleList(
-            CrossAttentionBlock(width, params.heads, params.mlp_ratio, params.dropout)
-            for _ in range(params.depth)
+            CrossAttentionBlock(width, params.heads, params.mlp_ratio, params.dropout) for _ in range(params.depth)
         )
         self.norm = nn.LayerNorm(width)
 
     def attend(self, query: Embedding, context: Embedding | None) -> Embedding:
-        """Bridge: `query` (query modality's width) attends to `context` (context modality's width) or to nothing."""
+        """Decoder bridge: query (query modality's width) attends to context (context's width) or None."""
         if context is not None and context.batch_size != query.batch_size:
             raise ValueError(
                 f"cross_attention fusion: query batch {query.batch_size} != context batch {context.batch_size}"

@@ -20,15 +20,13 @@ def check_input_dims(fusion: str, input_dims: dict[Modality, int]) -> None:
         raise ValueError(f"{fusion} fusion: input_dims is empty; it needs at least one modality's width")
     for modality, dim in input_dims.items():
         if dim <= 0:
-            raise ValueError(
-                f"{fusion} fusion: input_dims[{modality.value}] = {dim}; expected a positive width"
-            )
+            raise ValueError(f"{fusion} fusion: input_dims[{modality.value}] = {dim}; expected a positive width")
 
 
 def check_embeddings(
     fusion: Fusion, embeddings: dict[Modality, Embedding], part: Literal["tokens", "pooled"]
 ) -> list[Modality]:
-    """Present modalities in sorted order, after checking they are known, agree on B and have the built width."""
+    """Present modalities in sorted order; checks each is known, has the built width and agrees on B."""
     present = Fusion.present(embeddings)
     name = fusion.registry_name
     known = ", ".join(m.value for m in fusion.input_dims)
@@ -68,7 +66,7 @@ class EarlyParams(PartParams):
 
 @FUSIONS.register("early")
 class EarlyFusion(Fusion):
-    """Project + modality embedding per modality, prepend a CLS token, concatenate, transformer; pooled = CLS."""
+    """Project + modality embedding per modality, prepend CLS, concatenate, transformer; pooled = CLS."""
 
     Params = EarlyParams
     example_params = {"width": 32, "depth": 1, "heads": 2}
@@ -78,9 +76,7 @@ class EarlyFusion(Fusion):
         check_input_dims(self.registry_name, self.input_dims)
         width = params.width
         self.output_dim = width
-        self.projections = nn.ModuleDict(
-            {m.value: nn.Linear(dim, width) for m, dim in self.input_dims.items()}
-        )
+        self.projections = nn.ModuleDict({m.value: nn.Linear(dim, width) for m, dim in self.input_dims.items()})
         self.modality_embeddings = nn.ParameterDict(
             {m.value: nn.Parameter(torch.randn(width) * 0.02) for m in self.input_dims}
         )

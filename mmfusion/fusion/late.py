@@ -55,10 +55,7 @@ class LateFusion(Fusion):
         self.output_dim = params.width
         self.modalities = list(self.input_dims)
         self.projections = nn.ModuleDict(
-            {
-                m.value: self._projection(dim, params.width, params.projection)
-                for m, dim in self.input_dims.items()
-            }
+            {m.value: self._projection(dim, params.width, params.projection) for m, dim in self.input_dims.items()}
         )
         if params.weights is None:
             self.weight_logits = nn.Parameter(torch.zeros(len(self.modalities)))  # (M,)
@@ -73,8 +70,7 @@ class LateFusion(Fusion):
         for modality in weights:
             if modality not in self.input_dims:
                 raise ValueError(
-                    f"late fusion: weights.{modality.value} names a modality without an encoder; "
-                    f"available: {available}"
+                    f"late fusion: weights.{modality.value} names a modality without an encoder; available: {available}"
                 )
         for modality in self.modalities:
             if modality not in weights:
@@ -100,9 +96,7 @@ class LateFusion(Fusion):
         total = weights.sum()
         if float(total) <= 0:
             names = ", ".join(m.value for m in present)
-            raise ValueError(
-                f"late fusion: the present modalities ({names}) all have weight 0; nothing to combine"
-            )
+            raise ValueError(f"late fusion: the present modalities ({names}) all have weight 0; nothing to combine")
         return weights / total
 
     def forward(self, embeddings: dict[Modality, Embedding]) -> Embedding:

@@ -7,11 +7,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from mmfusion.config import ConfigError, validate_params
 import mmfusion.fusion  # noqa: F401  (registers the fusions)
+from mmfusion.config import ConfigError, validate_params
 from mmfusion.registry import FUSIONS
 from mmfusion.types import Embedding, Modality
-
 
 IMAGE, TEXT, AUDIO = Modality.IMAGE, Modality.TEXT, Modality.AUDIO
 INPUT_DIMS = {IMAGE: 16, TEXT: 24, AUDIO: 8}
@@ -198,9 +197,7 @@ def test_late_renormalises_weights_when_a_modality_is_missing():
     inputs = pooled_inputs()
     del inputs[IMAGE]
     out = fusion(inputs)
-    expected = 0.5 * F.normalize(inputs[TEXT].pooled, dim=-1) + 0.5 * F.normalize(
-        inputs[AUDIO].pooled, dim=-1
-    )
+    expected = 0.5 * F.normalize(inputs[TEXT].pooled, dim=-1) + 0.5 * F.normalize(inputs[AUDIO].pooled, dim=-1)
     torch.testing.assert_close(out.pooled, expected)
     assert out.tokens.shape == (BATCH, 3, 6)
     assert out.mask.tolist() == [[True, False, True]] * BATCH
@@ -344,9 +341,7 @@ def test_bad_params_name_the_key_and_value(name, params, key, value):
 
 
 def test_late_weights_for_a_modality_without_encoder_name_the_key():
-    with pytest.raises(
-        ValueError, match="weights.audio names a modality without an encoder; available: image, text"
-    ):
+    with pytest.raises(ValueError, match="weights.audio names a modality without an encoder; available: image, text"):
         build("late", {IMAGE: 16, TEXT: 24}, weights={"image": 1.0, "text": 1.0, "audio": 1.0})
 
 
