@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
-from pydantic import Field
+from pydantic import Field, field_validator
+from whisper.tokenizer import LANGUAGES
 
 from mmfusion.config import LocalPath, PartParams
 from mmfusion.encoders.base import Encoder
@@ -23,15 +24,22 @@ MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 
 
 class FasterWhisperParams(PartParams):
-    """`params:` for speech.faster_whisper."""
+    """`params:` for speech.faster_whisper; `device: cuda` needs the CUDA 12 / cuDNN 9 libraries CTranslate2 loads."""
 
     model_dir: LocalPath | None = None
     compute_type: str = "int8"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
     beam_size: int = Field(default=5, ge=1, le=32)
     language: str | None = None
     cpu_threads: int = Field(default=0, ge=0)
     vad_filter: bool = False
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, language: str | None) -> str | None:
+        if language is not None and language not in LANGUAGES:
+            raise ValueError(f"language {language!r} is not a whisper language code; expected e.g. en, de, fr, es, zh")
+        return language
 
 
 def _check_model_dir(folder: Path) -> None:
@@ -40,7 +48,9 @@ def _check_model_dir(folder: Path) -> None:
         raise ValueError(f"model_dir {str(folder)!r} does not exist; expected a CTranslate2 whisper model folder")
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
     if missing:
-        raise ValueError(f"model_dir {str(folder)!r} lacks {', '.join(missing)}; expected a CTranslate2 whisper model folder")
+        raise ValueError(
+            f"model_dir {str(folder)!r} lacks {', '.join(missing)}; expected a CTranslate2 whisper model folder"
+        )
 
 
 @ENCODERS.register("speech.faster_whisper")
@@ -66,13 +76,16 @@ class FasterWhisperEncoder(Encoder):
         _check_model_dir(folder)
         try:
             self.model = WhisperModel(
-                str(folder), device=params.device, compute_type=params.compute_type, cpu_threads=params.cpu_threads
+                str(folder),
+                device=params.device,
+                compute_type=params.compute_type,
+                cpu_threads=params.cpu_threads,
             )
         except ValueError as error:  # e.g. a compute_type the device does not support
             raise ValueError(f"model_dir {str(folder)!r}: {error}") from None
         languages = self.model.supported_languages
         if params.language is not None and params.language not in languages:
-            raise ValueError(f"language {params.language!r} is not supported; expected one of {', '.join(languages)}")
+            raise ValueError(f"language {params.language!r}: this model only knows {', '.join(languages)}")
         extractor = self.model.feature_extractor
         self.window_frames = extractor.nb_max_frames  # 3000 mel frames = 30 s
         self.samples_per_frame = extractor.hop_length * self.model.input_stride  # 320 samples = 20 ms
@@ -118,7 +131,12 @@ class FasterWhisperEncoder(Encoder):
         )
         segments = list(segments)  # the generator runs the decoding
         words = tuple(
-            Word(word=word.word.strip(), start=float(word.start), end=float(word.end), probability=float(word.probability))
+            Word(
+                word=word.word.strip(),
+                start=float(word.start),
+                end=float(word.end),
+                probability=float(word.probability),
+            )
             for segment in segments
             for word in segment.words or ()
         )

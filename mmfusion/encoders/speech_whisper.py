@@ -47,7 +47,9 @@ class WhisperParams(PartParams):
         if self.checkpoint is not None and given_dims:
             raise ValueError(f"{', '.join(given_dims)}: a checkpoint carries its own dims; give one or the other")
         if self.n_audio_state % self.n_audio_head:
-            raise ValueError(f"n_audio_state {self.n_audio_state} must be a multiple of n_audio_head {self.n_audio_head}")
+            raise ValueError(
+                f"n_audio_state {self.n_audio_state} must be a multiple of n_audio_head {self.n_audio_head}"
+            )
         return self
 
 
@@ -62,7 +64,9 @@ def load_whisper_checkpoint(path: str) -> tuple[ModelDimensions, dict[str, torch
         raise ValueError(f"checkpoint {path!r} is not a readable torch file: {reason}") from None
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
         keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"checkpoint {path!r} has {keys}; expected a whisper checkpoint with 'dims' and 'model_state_dict'")
+        raise ValueError(
+            f"checkpoint {path!r} has {keys}; expected a whisper checkpoint with 'dims' and 'model_state_dict'"
+        )
     try:
         dims = ModelDimensions(**checkpoint["dims"])
     except TypeError as error:
