@@ -125,9 +125,7 @@ class PipelineConfig(BaseModel):
         for modality, spec in encoders.items():
             encoder_modality = ENCODERS.get(spec.name).modality
             if encoder_modality != modality:
-                raise ValueError(
-                    f"encoder '{spec.name}' reads {encoder_modality.value}, not {modality.value}"
-                )
+                raise ValueError(f"encoder '{spec.name}' reads {encoder_modality.value}, not {modality.value}")
         return encoders
 
     @field_validator("heads")
@@ -200,8 +198,12 @@ def parse_config(raw: Any, source: str, model_dir: Path | None = None) -> Pipeli
     except ValidationError as error:
         raise ConfigError(format_validation_error(source, error, PipelineConfig)) from None
     for modality, spec in config.encoders.items():
-        validate_params(ENCODERS.get(spec.name).Params, spec.params, source, ("encoders", modality.value, "params"), model_dir)
-    validate_params(FUSIONS.get(config.fusion.name).Params, config.fusion.params, source, ("fusion", "params"), model_dir)
+        validate_params(
+            ENCODERS.get(spec.name).Params, spec.params, source, ("encoders", modality.value, "params"), model_dir
+        )
+    validate_params(
+        FUSIONS.get(config.fusion.name).Params, config.fusion.params, source, ("fusion", "params"), model_dir
+    )
     for head_name, spec in config.heads.items():
         validate_params(HEADS.get(spec.name).Params, spec.params, source, ("heads", head_name, "params"), model_dir)
     return config

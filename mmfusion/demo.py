@@ -41,10 +41,9 @@ def image_check(pipeline: Pipeline, samples: Path) -> None:
 
 def _word_error_rate(reference: str, hypothesis: str) -> float:
     import jiwer
+    from whisper.normalizers import EnglishTextNormalizer
 
-    def normalise(text: str) -> str:
-        return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
-
+    normalise = EnglishTextNormalizer()  # "Mr." and "mister" compare equal
     return jiwer.wer(normalise(reference), normalise(hypothesis))
 
 
@@ -64,8 +63,10 @@ def transcription(samples: Path) -> None:
             print(f"   word error rate vs reference: {_word_error_rate(reference.read_text(), transcript.text):.1%}")
         if transcript.words:
             first, last = transcript.words[0], transcript.words[-1]
-            print(f"   {len(transcript.words)} words, '{first.word.strip()}' at {first.start:.2f} s ... "
-                  f"'{last.word.strip()}' ends {last.end:.2f} s")
+            print(
+                f"   {len(transcript.words)} words, '{first.word.strip()}' at {first.start:.2f} s ... "
+                f"'{last.word.strip()}' ends {last.end:.2f} s"
+            )
 
 
 def text_similarity(pipeline: Pipeline) -> None:
@@ -95,8 +96,10 @@ def fused_prediction(pipeline: Pipeline, samples: Path) -> None:
         scores = ", ".join(f"{label} {score:.2f}" for label, score in verdict["scores"].items())
         note_text = f'"{note}"' if note else "(no note: image only)"
         print(f"   {image_name:18s} {note_text}")
-        print(f"   {'':18s} -> {verdict['label']} ({scores}); embedding "
-              f"{len(prediction.outputs['embedding']['embedding'])}-d")
+        print(
+            f"   {'':18s} -> {verdict['label']} ({scores}); embedding "
+            f"{len(prediction.outputs['embedding']['embedding'])}-d"
+        )
 
 
 def run_demo(samples: str | Path | None = None) -> None:

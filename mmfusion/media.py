@@ -91,8 +91,7 @@ def decode_audio(source: str | Path | bytes, name: str = "audio") -> np.ndarray:
         waveform = av_decode(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
     except Exception as error:  # PyAV raises many types for undecodable data
         raise InputError(
-            f"{name}: {len(data)} bytes are not decodable audio (WAV, FLAC, MP3, OGG, ...): "
-            f"{type(error).__name__}"
+            f"{name}: {len(data)} bytes are not decodable audio (WAV, FLAC, MP3, OGG, ...): {type(error).__name__}"
         ) from None
     if waveform.size == 0:
         raise InputError(f"{name}: {len(data)} bytes decoded to no audio samples")

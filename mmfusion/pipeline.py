@@ -16,7 +16,7 @@ from mmfusion.encoders.base import Encoder
 from mmfusion.graph import PipelineGraph, input_name, output_name
 from mmfusion.media import check_audio, check_image, decode_audio, decode_image
 from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, load_all
-from mmfusion.types import Inputs, InputError, Modality, Prediction
+from mmfusion.types import InputError, Inputs, Modality, Prediction
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -51,7 +51,9 @@ def build_graph(model_dir: str | Path, config: PipelineConfig | None = None) -> 
     encoders: dict[Modality, Encoder] = {}
     for modality, spec in config.encoders.items():
         encoder_class = ENCODERS.get(spec.name)
-        params = validate_params(encoder_class.Params, spec.params, source, ("encoders", modality.value, "params"), model_dir)
+        params = validate_params(
+            encoder_class.Params, spec.params, source, ("encoders", modality.value, "params"), model_dir
+        )
         encoders[modality] = encoder_class(params)
     fusion_class = FUSIONS.get(config.fusion.name)
     fusion_params = validate_params(fusion_class.Params, config.fusion.params, source, ("fusion", "params"), model_dir)
@@ -175,7 +177,9 @@ class Pipeline:
                 try:
                     item = self.prepare(Inputs(**fields))
                 except InputError as error:
-                    raise ConfigError(f"{self.model_dir / 'config.yaml'}: example for '{example.label}': {error}") from None
+                    raise ConfigError(
+                        f"{self.model_dir / 'config.yaml'}: example for '{example.label}': {error}"
+                    ) from None
                 arrays = self._preprocess([item])
                 fused = self.graph.fuse({k: torch.from_numpy(v) for k, v in arrays.items()})
                 by_label[example.label].append(fused.pooled[0])

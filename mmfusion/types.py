@@ -10,16 +10,13 @@ import numpy as np
 import torch
 
 
-class Modality(str, enum.Enum):
+class Modality(enum.StrEnum):
     """An input modality; the value is the config and CLI spelling."""
 
     IMAGE = "image"
     VIDEO = "video"
     AUDIO = "audio"
     TEXT = "text"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class InputError(ValueError):

@@ -21,9 +21,23 @@ def model_dir(tmp_path_factory):
 def test_list_shows_every_part_and_model(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("image.open_clip", "image.efficientnet_lite0", "video.frames", "speech.whisper",
-                 "speech.faster_whisper", "text.hf", "text.open_clip", "early", "late", "cross_attention",
-                 "classification", "multilabel", "embedding", "torch", "pcb-inspect"):
+    for name in (
+        "image.open_clip",
+        "image.efficientnet_lite0",
+        "video.frames",
+        "speech.whisper",
+        "speech.faster_whisper",
+        "text.hf",
+        "text.open_clip",
+        "early",
+        "late",
+        "cross_attention",
+        "classification",
+        "multilabel",
+        "embedding",
+        "torch",
+        "pcb-inspect",
+    ):
         assert name in out, name
 
 

@@ -37,17 +37,37 @@ def test_good_config_loads(tmp_path):
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        (["fusion", "name"], "erly", r"fusion\.name: 'erly' is not a known fusion; allowed: cross_attention, early, late"),
-        (["encoders", "text", "name"], "text.bert", r"encoders\.text\.name: 'text.bert' is not a known encoder; allowed: "),
+        (
+            ["fusion", "name"],
+            "erly",
+            r"fusion\.name: 'erly' is not a known fusion; allowed: cross_attention, early, late",
+        ),
+        (
+            ["encoders", "text", "name"],
+            "text.bert",
+            r"encoders\.text\.name: 'text.bert' is not a known encoder; allowed: ",
+        ),
         (["encoders", "text", "parms"], {}, r"encoders\.text\.parms: unknown key; allowed: name, params"),
         (["fusoin"], {}, r"fusoin: unknown key; allowed: name, description, version, encoders, fusion, heads, seed"),
-        (["encoders", "smell"], {"name": "text.hf"}, r"encoders\.smell: 'smell' is not allowed; allowed: 'image', 'video'"),
-        (["encoders", "text", "name"], "image.efficientnet_lite0", r"encoder 'image.efficientnet_lite0' reads image, not text"),
+        (
+            ["encoders", "smell"],
+            {"name": "text.hf"},
+            r"encoders\.smell: 'smell' is not allowed; allowed: 'image', 'video'",
+        ),
+        (
+            ["encoders", "text", "name"],
+            "image.efficientnet_lite0",
+            r"encoder 'image.efficientnet_lite0' reads image, not text",
+        ),
         (["fusion", "params"], {"width": -3}, r"fusion\.params\.width: .*greater than 0"),
         (["fusion", "params"], {"widht": 3}, r"fusion\.params\.widht: unknown key; allowed: .*width"),
         (["heads", "verdict", "thresholds"], {"oops": 0.3}, r"thresholds for unknown labels \['oops'\]"),
         (["heads", "verdict", "threshold"], 1.5, r"heads\.verdict\.threshold: .*less than or equal to 1"),
-        (["encoders", "text", "params"], {"weights": "pretrianed"}, r"encoders\.text\.params\.weights: .*pattern.*'pretrianed'"),
+        (
+            ["encoders", "text", "params"],
+            {"weights": "pretrianed"},
+            r"encoders\.text\.params\.weights: .*pattern.*'pretrianed'",
+        ),
     ],
 )
 def test_config_mistakes_are_named(tmp_path, path, value, expected):

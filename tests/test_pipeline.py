@@ -11,7 +11,7 @@ import yaml
 
 from mmfusion.config import ConfigError
 from mmfusion.pipeline import Pipeline, resolve_model_dir
-from mmfusion.types import Inputs, InputError
+from mmfusion.types import InputError, Inputs
 from tests.conftest import random_image
 
 RED = np.zeros((64, 64, 3), np.uint8)
@@ -88,7 +88,9 @@ def test_batch_equals_single_and_keeps_order(pipeline):
     singles = [pipeline.predict(item) for item in items]
     assert [p.modalities for p in batched] == [("image",), ("text",), ("image", "text")]
     for one, many in zip(singles, batched):
-        np.testing.assert_allclose(one.outputs["embedding"]["embedding"], many.outputs["embedding"]["embedding"], atol=1e-5)
+        np.testing.assert_allclose(
+            one.outputs["embedding"]["embedding"], many.outputs["embedding"]["embedding"], atol=1e-5
+        )
 
 
 def test_image_from_file_and_bytes(pipeline, tmp_path):
@@ -134,14 +136,24 @@ def test_unknown_model_lists_available(tmp_path, monkeypatch):
 
 
 def test_example_with_missing_file_is_a_config_error(tmp_path):
-    heads = {"colour": {"name": "classification", "labels": ["red", "blue"],
-                        "params": {"examples": [{"label": "red", "image": "missing.png"}]}}}
+    heads = {
+        "colour": {
+            "name": "classification",
+            "labels": ["red", "blue"],
+            "params": {"examples": [{"label": "red", "image": "missing.png"}]},
+        }
+    }
     with pytest.raises(ConfigError, match="example for 'red': .*missing.png.* does not exist"):
         Pipeline(tiny_model(tmp_path / "m", heads))
 
 
 def test_example_label_must_be_declared(tmp_path):
-    heads = {"colour": {"name": "classification", "labels": ["red", "blue"],
-                        "params": {"examples": [{"label": "green", "text": "x"}]}}}
+    heads = {
+        "colour": {
+            "name": "classification",
+            "labels": ["red", "blue"],
+            "params": {"examples": [{"label": "green", "text": "x"}]},
+        }
+    }
     with pytest.raises(ValueError, match=r"examples use labels \['green'\]"):
         Pipeline(tiny_model(tmp_path / "m", heads))

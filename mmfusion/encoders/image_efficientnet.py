@@ -76,7 +76,9 @@ class EfficientNetLite0Encoder(Encoder):
             self._stride_ends[stride] = index
         self.token_dim = self.net._blocks[self._stride_ends[16]]._project_conv.out_channels
         self.output_dim = self.net._conv_head.out_channels
-        self.feature_dims = {s: self.net._blocks[self._stride_ends[s]]._project_conv.out_channels for s in FEATURE_STRIDES}
+        self.feature_dims = {
+            s: self.net._blocks[self._stride_ends[s]]._project_conv.out_channels for s in FEATURE_STRIDES
+        }
         self.token_projection = torch.nn.Linear(self.token_dim, self.output_dim, bias=False)
         torch.nn.init.orthogonal_(self.token_projection.weight)
 

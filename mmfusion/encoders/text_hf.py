@@ -45,6 +45,9 @@ class HFTextEncoder(Encoder):
     def __init__(self, params: HFTextParams) -> None:
         super().__init__(params)
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         folder = Path(params.path) if params.path else None
         if folder is None:

@@ -53,7 +53,9 @@ class ImageEncoderSpec(BaseModel):
             # With the config's context, so that relative checkpoint paths resolve from the model folder.
             validated = ENCODERS.get(name).Params.model_validate(params, context=info.context)
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']}" for e in error.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
+            )
             raise ValueError(f"params for {name}: {problems}") from None
         return validated.model_dump()
 
@@ -109,6 +111,29 @@ def _read_frames_at(path: str, indices: list[int]) -> list[np.ndarray]:
     return frames
 
 
+def sample_frames(item: Any, params: VideoParams, name: str = "video") -> list[np.ndarray]:
+    """The frames of one video (a file path or a list of RGB frames) chosen by the sampling params."""
+    if isinstance(item, (str, Path)):
+        path = str(item)
+        if params.num_frames is None:
+            return read_video_frames(path, every_n=params.every_n, max_frames=params.max_frames)
+        total = video_frame_count(path) if Path(path).is_file() else 0
+        if total <= 0:  # unknown count (or a bad file: reading reports why)
+            frames = read_video_frames(path)
+            return [frames[index] for index in uniform_indices(len(frames), params.num_frames)]
+        return _read_frames_at(path, uniform_indices(total, params.num_frames))
+    if isinstance(item, np.ndarray) and item.ndim == 4:
+        item = list(item)
+    if not isinstance(item, (list, tuple)):
+        raise InputError(f"{name}: expected a video file path or a list of RGB frames, got {type(item).__name__}")
+    if not item:
+        raise InputError(f"{name}: empty list of frames; expected at least one (H, W, 3) uint8 RGB frame")
+    frames = [check_image(frame, f"{name} frame {index}") for index, frame in enumerate(item)]
+    if params.num_frames is not None:
+        return [frames[index] for index in uniform_indices(len(frames), params.num_frames)]
+    return frames[:: params.every_n][: params.max_frames]
+
+
 class AttentionPooling(nn.Module):
     """A learned query attends over the valid frames; the query starts at zero, i.e. at a masked mean."""
 
@@ -162,34 +187,11 @@ class VideoFramesEncoder(Encoder):
         self.attention = AttentionPooling(self.output_dim) if params.pooling == "attention" else None
         self.eval()
 
-    def sample_frames(self, item: Any, name: str) -> list[np.ndarray]:
-        """The frames of one video (a file path or a list of RGB frames) chosen by the sampling params."""
-        params = self.params
-        if isinstance(item, (str, Path)):
-            path = str(item)
-            if params.num_frames is None:
-                return read_video_frames(path, every_n=params.every_n, max_frames=params.max_frames)
-            total = video_frame_count(path) if Path(path).is_file() else 0
-            if total <= 0:  # unknown count (or a bad file: reading reports why)
-                frames = read_video_frames(path)
-                return [frames[index] for index in uniform_indices(len(frames), params.num_frames)]
-            return _read_frames_at(path, uniform_indices(total, params.num_frames))
-        if isinstance(item, np.ndarray) and item.ndim == 4:
-            item = list(item)
-        if not isinstance(item, (list, tuple)):
-            raise InputError(f"{name}: expected a video file path or a list of RGB frames, got {type(item).__name__}")
-        if not item:
-            raise InputError(f"{name}: empty list of frames; expected at least one (H, W, 3) uint8 RGB frame")
-        frames = [check_image(frame, f"{name} frame {index}") for index, frame in enumerate(item)]
-        if params.num_frames is not None:
-            return [frames[index] for index in uniform_indices(len(frames), params.num_frames)]
-        return frames[:: params.every_n][: params.max_frames]
-
     def preprocess(self, items: list[Any]) -> dict[str, np.ndarray]:
         """Videos -> frames (B, T, ...image input shape) float32 and frame_mask (B, T) bool, zero-padded."""
         if not items:
             raise InputError("videos: empty batch; expected at least one video file path or list of frames")
-        videos = [self.sample_frames(item, f"video {index}") for index, item in enumerate(items)]
+        videos = [sample_frames(item, self.params, f"video {index}") for index, item in enumerate(items)]
         length = self.params.num_frames or max(len(frames) for frames in videos)
         per_frame = [self.image_encoder.preprocess(frames)[self.image_input] for frames in videos]
         frames = np.zeros((len(videos), length, *per_frame[0].shape[1:]), dtype=np.float32)  # (B, T, 3, H, W)

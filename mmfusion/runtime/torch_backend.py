@@ -31,7 +31,9 @@ class TorchBackend(Backend):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.graph is None:
             raise RuntimeError("TorchBackend.run called before load")
-        tensors = {name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for name, array in inputs.items()}
+        tensors = {
+            name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for name, array in inputs.items()
+        }
         return {name: value.cpu().numpy() for name, value in self.graph(tensors).items()}
 
     def close(self) -> None:

@@ -225,7 +225,7 @@ def test_text_tokens_mask_and_pooled(text_encoder):
     embedding = text_encoder(input_ids=input_ids)
     assert embedding.tokens.shape == (3, 77, 256) and embedding.pooled.shape == (3, 256)
     assert torch.equal(embedding.mask, input_ids != 0)
-    assert embedding.mask.sum(dim=1).tolist() == [4, 12, 2]  # start + words + end
+    assert embedding.mask.sum(dim=1).tolist() == [4, 10, 2]  # start + words + end
     # CLIP pools the end token: pooled is the token feature at that position.
     end = input_ids.argmax(dim=1)
     assert torch.allclose(embedding.pooled, embedding.tokens[torch.arange(3), end], atol=1e-6)

@@ -1,0 +1,177 @@
+"""Python client of the mmfusion gRPC service: inspect, stream, audio, model management, health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mmfusion.proto import inspection_pb2 as pb
+from mmfusion.proto import inspection_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+AUDIO_CHUNK_BYTES = 64 * 1024
+ImageSource = bytes | str | Path | np.ndarray
+
+
+class ServerError(Exception):
+    """A call the server refused or failed; `code` is the gRPC status, the message is the server's."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def to_dict(message) -> dict[str, Any]:
+    """A result message as plain JSON-ready data (field names as in the .proto)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def image_message(source: ImageSource) -> pb.Image:
+    """An Image message from encoded bytes, a file path or an (H, W, 3) / (H, W) uint8 RGB array."""
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] != 3):
+            raise ValueError(f"image array {source.shape} {source.dtype}: expected (H, W, 3) or (H, W) uint8")
+        encoding = pb.IMAGE_ENCODING_RAW_RGB8 if source.ndim == 3 else pb.IMAGE_ENCODING_RAW_GRAY8
+        height, width = source.shape[:2]
+        return pb.Image(data=np.ascontiguousarray(source).tobytes(), encoding=encoding, width=width, height=height)
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    return pb.Image(data=data)
+
+
+def _audio_source(source: bytes | str | Path) -> bytes:
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
+
+
+class InspectionClient:
+    """A channel to one server; methods raise ServerError with the server's status and message."""
+
+    def __init__(
+        self, target: str, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.InspectionStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> InspectionClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method, request, timeout: float | None = None):
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise ServerError(error.code(), error.details()) from None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the channel connects (the server is up) or raise ServerError."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ServerError(grpc.StatusCode.UNAVAILABLE, f"no server at {self.target} after {timeout} s") from None
+
+    def inspect(
+        self,
+        model: str,
+        image: ImageSource | None = None,
+        text: str | None = None,
+        audio: bytes | str | Path | None = None,
+        frames: Iterable[ImageSource] = (),
+        version: str = "",
+        include_heatmap: bool = False,
+        include_embedding: bool = False,
+    ) -> pb.InspectionResult:
+        """One sample: any mix of image, frames, text and audio (a WAV/FLAC/... file or its bytes)."""
+        request = pb.InspectRequest(
+            model=model,
+            version=version,
+            text=text or "",
+            frames=[image_message(frame) for frame in frames],
+            include_heatmap=include_heatmap,
+            include_embedding=include_embedding,
+        )
+        if image is not None:
+            request.image.CopyFrom(image_message(image))
+        if audio is not None:
+            request.audio.CopyFrom(pb.Audio(data=_audio_source(audio)))
+        return self._call(self.stub.Inspect, request)
+
+    def stream(self, frames: Iterable[pb.Frame], timeout: float | None = None) -> Iterator[pb.FrameResult]:
+        """Send Frame messages, receive FrameResults as they come (in order per stream)."""
+        try:
+            yield from self.stub.StreamInspect(iter(frames), timeout=timeout)
+        except grpc.RpcError as error:
+            raise ServerError(error.code(), error.details()) from None
+
+    def analyze_audio(
+        self,
+        model: str,
+        audio: bytes | str | Path,
+        sample_rate: int = 0,
+        encoding: int = pb.AUDIO_ENCODING_UNSPECIFIED,
+        text: str = "",
+        chunk_bytes: int = AUDIO_CHUNK_BYTES,
+    ) -> pb.InspectionResult:
+        """A clip (file, container bytes, or raw PCM16 with its sample rate) sent in chunks."""
+        data = _audio_source(audio)
+
+        def chunks() -> Iterator[pb.AudioChunk]:
+            yield pb.AudioChunk(
+                model=model, encoding=encoding, sample_rate=sample_rate, text=text, data=data[:chunk_bytes]
+            )
+            for start in range(chunk_bytes, len(data), chunk_bytes):
+                yield pb.AudioChunk(data=data[start : start + chunk_bytes])
+
+        try:
+            return self.stub.AnalyzeAudio(chunks(), timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise ServerError(error.code(), error.details()) from None
+
+    def list_models(self, include_available: bool = False) -> list[pb.ModelInfo]:
+        return list(self._call(self.stub.ListModels, pb.ListModelsRequest(include_available=include_available)).models)
+
+    def get_model(self, name: str) -> pb.ModelInfo:
+        return self._call(self.stub.GetModel, pb.GetModelRequest(name=name))
+
+    def load_model(self, name: str, backend: str = "", timeout: float | None = 600.0) -> pb.ModelInfo:
+        return self._call(self.stub.LoadModel, pb.LoadModelRequest(name=name, backend=backend), timeout)
+
+    def unload_model(self, name: str) -> pb.ModelInfo:
+        return self._call(self.stub.UnloadModel, pb.UnloadModelRequest(name=name))
+
+    def health(self, service: str = "") -> str:
+        """SERVING, NOT_SERVING, ... for the server ("") or one model by name."""
+        response = self._call(self.health_stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def frames_from_images(
+    images: Iterable[ImageSource], stream_id: str, model: str, options: pb.StreamOptions | None = None
+) -> Iterator[pb.Frame]:
+    """Frame messages for a sequence of images: sequence numbers from 0, capture time = now."""
+    for sequence, image in enumerate(images):
+        frame = pb.Frame(stream_id=stream_id, sequence_number=sequence, image=image_message(image))
+        frame.capture_time.FromNanoseconds(time.time_ns())
+        if sequence == 0:
+            frame.model = model
+            if options is not None:
+                frame.options.CopyFrom(options)
+        yield frame

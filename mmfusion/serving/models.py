@@ -1,0 +1,141 @@
+"""The loaded-model manager: load, unload and look up Pipelines by name, thread-safe."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmfusion.config import PipelineConfig, load_config
+from mmfusion.pipeline import Pipeline, models_root, resolve_model_dir
+from mmfusion.types import InputError
+
+StateListener = Callable[[str, bool], None]
+
+
+class ModelNotFound(LookupError):
+    """A model name (or version) that is neither loaded nor in the model repository."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the server knows: its folder, its config and, when loaded, its Pipeline."""
+
+    name: str
+    model_dir: Path
+    config: PipelineConfig
+    pipeline: Pipeline | None = None
+    backend: str = ""
+
+    @property
+    def version(self) -> str:
+        return str(self.config.version)
+
+
+class ModelManager:
+    """Loaded Pipelines by config name; loads run outside the lock so lookups never wait on them."""
+
+    def __init__(self, model_root: str | Path | None = None) -> None:
+        self._model_root = Path(model_root) if model_root is not None else None
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self._loaded: dict[str, ModelEntry] = {}
+        self._known_dirs: dict[str, Path] = {}
+        self._listeners: list[StateListener] = []
+
+    @property
+    def model_root(self) -> Path:
+        return self._model_root or models_root()
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Call listener(name, loaded) after every load and unload."""
+        self._listeners.append(listener)
+
+    def _notify(self, name: str, loaded: bool) -> None:
+        for listener in self._listeners:
+            listener(name, loaded)
+
+    def repository(self) -> dict[str, Path]:
+        """Model folders that can be loaded by name: the repository plus folders loaded by path."""
+        found = {path.parent.name: path.parent for path in sorted(self.model_root.glob("*/config.yaml"))}
+        with self._lock:
+            found.update(self._known_dirs)
+        return found
+
+    def available_names(self) -> list[str]:
+        with self._lock:
+            loaded = set(self._loaded)
+        return sorted(loaded | set(self.repository()))
+
+    def _model_dir(self, name_or_path: str | Path, allow_path: bool) -> Path:
+        repository = self.repository()
+        if str(name_or_path) in repository:
+            return repository[str(name_or_path)]
+        if allow_path and Path(name_or_path).is_dir():
+            return resolve_model_dir(name_or_path)
+        raise ModelNotFound(
+            f"model {str(name_or_path)!r} is not in the model repository {self.model_root}; "
+            f"available: {', '.join(self.available_names()) or 'none'}"
+        )
+
+    def load(self, name_or_path: str | Path, backend: str = "torch", allow_path: bool = False) -> ModelEntry:
+        """Load (or return the already loaded) model; a path is accepted only with allow_path."""
+        model_dir = self._model_dir(name_or_path, allow_path)
+        config = load_config(model_dir)
+        with self._lock:
+            gate = self._loading.setdefault(config.name, threading.Lock())
+        with gate:
+            with self._lock:
+                if config.name in self._loaded:
+                    return self._loaded[config.name]
+            pipeline = Pipeline(model_dir, backend=backend)
+            entry = ModelEntry(config.name, model_dir, pipeline.config, pipeline, backend)
+            with self._lock:
+                self._loaded[config.name] = entry
+                self._known_dirs[config.name] = model_dir
+        self._notify(config.name, True)
+        return entry
+
+    def unload(self, name: str) -> ModelEntry:
+        """Forget a loaded model and close its backend; requests holding it finish first."""
+        with self._lock:
+            entry = self._loaded.pop(name, None)
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} is not loaded; loaded: {', '.join(self.loaded_names()) or 'none'}")
+        self._notify(name, False)
+        entry.pipeline.close()
+        return ModelEntry(entry.name, entry.model_dir, entry.config, None, entry.backend)
+
+    def get(self, name: str, version: str = "") -> ModelEntry:
+        """A loaded model (its entry holds the Pipeline); errors name what is loaded."""
+        if not name:
+            raise InputError(f"model: empty; expected one of the loaded models: {', '.join(self.loaded_names()) or 'none'}")
+        with self._lock:
+            entry = self._loaded.get(name)
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} is not loaded; loaded: {', '.join(self.loaded_names()) or 'none'}")
+        if version and version != entry.version:
+            raise ModelNotFound(f"model {name!r} version {version!r} is not loaded; loaded version: {entry.version}")
+        return entry
+
+    def entry(self, name: str) -> ModelEntry:
+        """A loaded model's entry, else the repository's description of it."""
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+        model_dir = self._model_dir(name, allow_path=False)
+        return ModelEntry(name, model_dir, load_config(model_dir))
+
+    def loaded(self) -> list[ModelEntry]:
+        with self._lock:
+            return [self._loaded[name] for name in sorted(self._loaded)]
+
+    def loaded_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._loaded)
+
+    def close(self) -> None:
+        """Unload every model."""
+        for name in self.loaded_names():
+            self.unload(name)
