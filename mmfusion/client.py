@@ -145,6 +145,16 @@ class InspectionClient:
         except grpc.RpcError as error:
             raise ServerError(error.code(), error.details()) from None
 
+    def generate_report(
+        self, model: str, images: Iterable[ImageSource] = (), text: str = "", version: str = ""
+    ) -> Iterator[pb.ReportChunk]:
+        """Report text in chunks; the last chunk carries the structured fields."""
+        request = pb.ReportRequest(model=model, version=version, text=text, images=[image_message(i) for i in images])
+        try:
+            yield from self.stub.GenerateReport(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise ServerError(error.code(), error.details()) from None
+
     def list_models(self, include_available: bool = False) -> list[pb.ModelInfo]:
         return list(self._call(self.stub.ListModels, pb.ListModelsRequest(include_available=include_available)).models)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import nn
 
@@ -22,6 +22,12 @@ class Fusion(nn.Module):
     def __init__(self, params: PartParams, input_dims: dict[Modality, int]) -> None:
         super().__init__()
         self.params = params
+        name = self.registry_name
+        if not input_dims:
+            raise ValueError(f"{name} fusion: input_dims is empty; it needs at least one modality's width")
+        for modality, dim in input_dims.items():
+            if dim <= 0:
+                raise ValueError(f"{name} fusion: input_dims[{modality.value}] = {dim}; expected a positive width")
         self.input_dims = dict(sorted(input_dims.items(), key=lambda item: item[0].value))
 
     def forward(self, embeddings: dict[Modality, Embedding]) -> Embedding:  # noqa: D102
@@ -33,3 +39,23 @@ class Fusion(nn.Module):
         if not embeddings:
             raise ValueError("fusion needs at least one modality; none was given")
         return sorted(embeddings, key=lambda m: m.value)
+
+    def check(self, embeddings: dict[Modality, Embedding], part: Literal["tokens", "pooled"]) -> list[Modality]:
+        """Present modalities in sorted order; checks each is known, has the built width and agrees on B."""
+        present = self.present(embeddings)
+        name = self.registry_name
+        known = ", ".join(m.value for m in self.input_dims)
+        batch_sizes = {m.value: embeddings[m].batch_size for m in present}
+        for modality in present:
+            if modality not in self.input_dims:
+                raise ValueError(f"{name} fusion: got modality {modality.value}, but it was built for {known}")
+            embedding = embeddings[modality]
+            width = embedding.dim if part == "tokens" else embedding.pooled.shape[-1]
+            if width != self.input_dims[modality]:
+                raise ValueError(
+                    f"{name} fusion: {modality.value} {part} have width {width}; "
+                    f"expected {self.input_dims[modality]} (the width it was built for)"
+                )
+        if len(set(batch_sizes.values())) > 1:
+            raise ValueError(f"{name} fusion: modalities disagree on batch size: {batch_sizes}")
+        return present

@@ -10,7 +10,6 @@ from torch import nn
 
 from mmfusion.config import PartParams
 from mmfusion.fusion.base import Fusion
-from mmfusion.fusion.early import check_embeddings, check_input_dims
 from mmfusion.registry import FUSIONS
 from mmfusion.types import Embedding, Modality
 
@@ -96,7 +95,6 @@ class CrossAttentionFusion(Fusion):
 
     def __init__(self, params: CrossAttentionParams, input_dims: dict[Modality, int]) -> None:
         super().__init__(params, input_dims)
-        check_input_dims(self.registry_name, self.input_dims)
         available = ", ".join(m.value for m in self.input_dims)
         for key in ("query", "context"):
             modality = getattr(params, key)
@@ -132,7 +130,7 @@ class CrossAttentionFusion(Fusion):
 
     def forward(self, embeddings: dict[Modality, Embedding]) -> Embedding:
         """Fuse query and context; see the class docstring for what happens when one is absent."""
-        present = check_embeddings(self, embeddings, "tokens")
+        present = self.check(embeddings, "tokens")
         query = embeddings.get(self.params.query)
         context = embeddings.get(self.params.context)
         if query is not None:

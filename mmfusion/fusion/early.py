@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
@@ -12,38 +10,6 @@ from mmfusion.config import PartParams
 from mmfusion.fusion.base import Fusion
 from mmfusion.registry import FUSIONS
 from mmfusion.types import Embedding, Modality
-
-
-def check_input_dims(fusion: str, input_dims: dict[Modality, int]) -> None:
-    """Raise a ValueError unless there is at least one modality and every width is positive."""
-    if not input_dims:
-        raise ValueError(f"{fusion} fusion: input_dims is empty; it needs at least one modality's width")
-    for modality, dim in input_dims.items():
-        if dim <= 0:
-            raise ValueError(f"{fusion} fusion: input_dims[{modality.value}] = {dim}; expected a positive width")
-
-
-def check_embeddings(
-    fusion: Fusion, embeddings: dict[Modality, Embedding], part: Literal["tokens", "pooled"]
-) -> list[Modality]:
-    """Present modalities in sorted order; checks each is known, has the built width and agrees on B."""
-    present = Fusion.present(embeddings)
-    name = fusion.registry_name
-    known = ", ".join(m.value for m in fusion.input_dims)
-    batch_sizes = {m.value: embeddings[m].batch_size for m in present}
-    for modality in present:
-        if modality not in fusion.input_dims:
-            raise ValueError(f"{name} fusion: got modality {modality.value}, but it was built for {known}")
-        embedding = embeddings[modality]
-        width = embedding.dim if part == "tokens" else embedding.pooled.shape[-1]
-        if width != fusion.input_dims[modality]:
-            raise ValueError(
-                f"{name} fusion: {modality.value} {part} have width {width}; "
-                f"expected {fusion.input_dims[modality]} (the width it was built for)"
-            )
-    if len(set(batch_sizes.values())) > 1:
-        raise ValueError(f"{name} fusion: modalities disagree on batch size: {batch_sizes}")
-    return present
 
 
 class EarlyParams(PartParams):
@@ -73,7 +39,6 @@ class EarlyFusion(Fusion):
 
     def __init__(self, params: EarlyParams, input_dims: dict[Modality, int]) -> None:
         super().__init__(params, input_dims)
-        check_input_dims(self.registry_name, self.input_dims)
         width = params.width
         self.output_dim = width
         self.projections = nn.ModuleDict({m.value: nn.Linear(dim, width) for m, dim in self.input_dims.items()})
@@ -97,7 +62,7 @@ class EarlyFusion(Fusion):
 
     def forward(self, embeddings: dict[Modality, Embedding]) -> Embedding:
         """Fuse the present modalities' tokens; an absent modality simply contributes no tokens."""
-        present = check_embeddings(self, embeddings, "tokens")
+        present = self.check(embeddings, "tokens")
         first = embeddings[present[0]]
         batch = first.batch_size
         token_parts = [self.cls_token.expand(batch, -1, -1)]  # [(B, 1, W)]

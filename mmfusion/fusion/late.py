@@ -11,7 +11,6 @@ from torch import nn
 
 from mmfusion.config import PartParams
 from mmfusion.fusion.base import Fusion
-from mmfusion.fusion.early import check_embeddings, check_input_dims
 from mmfusion.registry import FUSIONS
 from mmfusion.types import Embedding, Modality
 
@@ -51,7 +50,6 @@ class LateFusion(Fusion):
 
     def __init__(self, params: LateParams, input_dims: dict[Modality, int]) -> None:
         super().__init__(params, input_dims)
-        check_input_dims(self.registry_name, self.input_dims)
         self.output_dim = params.width
         self.modalities = list(self.input_dims)
         self.projections = nn.ModuleDict(
@@ -101,7 +99,7 @@ class LateFusion(Fusion):
 
     def forward(self, embeddings: dict[Modality, Embedding]) -> Embedding:
         """Weighted sum of the present modalities' projected vectors; absent ones are masked out of tokens."""
-        present = check_embeddings(self, embeddings, "pooled")
+        present = self.check(embeddings, "pooled")
         reference = embeddings[present[0]].pooled
         batch = reference.shape[0]
         vectors = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmfusion.config import PipelineConfig, load_config
@@ -27,6 +27,9 @@ class ModelEntry:
     config: PipelineConfig
     pipeline: Pipeline | None = None
     backend: str = ""
+    # one prediction at a time per model: HF fast tokenizers are not safe across threads, and the
+    # backend already uses every core; the scheduler will batch requests instead
+    compute_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def version(self) -> str:

@@ -63,13 +63,16 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     def _predict(self, entry: ModelEntry, inputs: Inputs, started: float, **options: bool) -> pb.InspectionResult:
         prepared = entry.pipeline.prepare(inputs)
         decoded = time.perf_counter()
-        prediction = entry.pipeline.predict(prepared)
+        with entry.compute_lock:
+            computing = time.perf_counter()
+            prediction = entry.pipeline.predict(prepared)
         done = time.perf_counter()
         result = prediction_to_proto(prediction, entry, **options)
         result.timings.CopyFrom(
             pb.Timings(
                 decode_ms=_milliseconds(started, decoded),
-                compute_ms=_milliseconds(decoded, done),
+                queue_ms=_milliseconds(decoded, computing),
+                compute_ms=_milliseconds(computing, done),
                 total_ms=_milliseconds(started, time.perf_counter()),
             )
         )

@@ -1,0 +1,284 @@
+"""Dynamic batching for one model: per-stream FIFOs served round-robin by one worker thread.
+
+Requests without a stream id share one pseudo-stream (FIFO among themselves), which takes its
+turn in the rotation like any camera stream: a flood of unary calls gets one stream's share,
+never all of it, and a fast camera cannot starve the unary callers either.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BatchHook = Callable[[int, list[float], float], None]
+
+_UNARY = object()  # key of the pseudo-stream shared by requests that name no stream
+
+
+class SchedulerError(RuntimeError):
+    """Base class of the errors a scheduler puts on a request's future."""
+
+
+class QueueFullError(SchedulerError):
+    """The model's queue holds max_queue_size items; the caller should back off (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceededError(SchedulerError):
+    """The request's deadline passed before its batch was formed; it was not computed."""
+
+
+class FrameDroppedError(SchedulerError):
+    """A newer frame of the same stream superseded this one before it was served."""
+
+
+class SchedulerClosedError(SchedulerError):
+    """The scheduler is closed (or closed before this request was served)."""
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    """One queued request: the item, its future and its timing."""
+
+    item: T
+    stream: object
+    enqueued: float
+    deadline: float | None
+    future: Future = field(default_factory=Future)
+
+
+class BatchScheduler(Generic[T, R]):
+    """Queue of one model: forms batches up to max_batch_size within max_queue_delay_us and runs them."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int = 8,
+        max_queue_delay_us: int = 0,
+        preferred_batch_sizes: Sequence[int] = (),
+        max_queue_size: int = 1024,
+        name: str = "model",
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        _check_limits(name, max_batch_size, max_queue_delay_us, preferred_batch_sizes, max_queue_size)
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_us / 1e6
+        self.preferred_batch_sizes = tuple(sorted(set(preferred_batch_sizes), reverse=True))
+        self.max_queue_size = max_queue_size
+        self._run_batch = run_batch
+        self._on_batch = on_batch
+        self._cond = threading.Condition()
+        self._streams: dict[object, deque[_Pending]] = {}
+        self._rotation: deque[object] = deque()  # streams with queued items, next to serve first
+        self._queued = 0
+        self._closing = False
+        self._abandon = False
+        self._worker = threading.Thread(target=self._serve, name=f"scheduler-{name}", daemon=True)
+        self._worker.start()
+
+    @property
+    def queued(self) -> int:
+        """Items waiting to be batched, over all streams."""
+        with self._cond:
+            return self._queued
+
+    @property
+    def closed(self) -> bool:
+        """True once close() has been called: submit raises."""
+        return self._closing
+
+    def stream_depth(self, stream_id: str | None) -> int:
+        """Unserved items of one stream (None: the shared pseudo-stream of unary requests)."""
+        with self._cond:
+            return len(self._streams.get(_stream_key(stream_id), ()))
+
+    def submit(self, item: T, stream_id: str | None = None, deadline: float | None = None) -> Future[R]:
+        """Queue one item; the future resolves to its result (deadline is a time.monotonic() instant)."""
+        pending = _Pending(item, _stream_key(stream_id), time.monotonic(), deadline)
+        with self._cond:
+            if self._closing:
+                raise SchedulerClosedError(f"model {self.name!r}: the scheduler is shutting down")
+            if self._queued >= self.max_queue_size:
+                raise QueueFullError(
+                    f"model {self.name!r}: queue full ({self._queued} of max_queue_size={self.max_queue_size});"
+                    " retry later"
+                )
+            queue = self._streams.get(pending.stream)
+            if queue is None:
+                queue = self._streams[pending.stream] = deque()
+                self._rotation.append(pending.stream)
+            queue.append(pending)
+            self._queued += 1
+            self._cond.notify()
+        return pending.future
+
+    def drop_oldest(self, stream_id: str | None, keep: int) -> list[T]:
+        """Remove the oldest unserved items of a stream beyond the newest `keep`; their futures fail."""
+        if keep < 0:
+            raise ValueError(f"keep={keep}: expected a count >= 0")
+        dropped: list[_Pending] = []
+        key = _stream_key(stream_id)
+        with self._cond:
+            queue = self._streams.get(key)
+            while queue and len(queue) > keep:
+                dropped.append(queue.popleft())
+            self._queued -= len(dropped)
+            if queue is not None and not queue:
+                self._forget(key)
+        for pending in dropped:
+            _fail(pending, FrameDroppedError(f"model {self.name!r}: superseded by a newer item of its stream"))
+        return [pending.item for pending in dropped]
+
+    def close(self, grace_s: float = 5.0) -> bool:
+        """Stop accepting, serve what is queued within grace_s, fail the rest; True if all was served.
+
+        A batch already running when the grace period ends is given up to another grace_s to finish
+        (the worker is a daemon thread, so a stuck backend cannot hold the process open).
+        """
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._worker.join(grace_s)
+        if not self._worker.is_alive():
+            return True
+        with self._cond:
+            self._abandon = True
+            abandoned = [pending for queue in self._streams.values() for pending in queue]
+            self._streams.clear()
+            self._rotation.clear()
+            self._queued = 0
+            self._cond.notify_all()
+        for pending in abandoned:
+            _fail(pending, SchedulerClosedError(f"model {self.name!r}: shut down before this request was served"))
+        self._worker.join(grace_s)
+        return False
+
+    def _serve(self) -> None:
+        """Worker loop: form a batch, run it, resolve its futures; until closed and drained."""
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._run(batch)
+
+    def _next_batch(self) -> list[_Pending] | None:
+        """Block until a batch is due, then take it round-robin; None when closed and drained."""
+        while True:
+            with self._cond:
+                while not self._queued and not self._closing:
+                    self._cond.wait()
+                if not self._queued or self._abandon:
+                    return None
+                now = time.monotonic()
+                size = self._due_size()
+                if size is None:
+                    due_at = min(queue[0].enqueued for queue in self._streams.values()) + self.max_queue_delay_s
+                    if now < due_at and not self._closing:
+                        self._cond.wait(due_at - now)
+                        continue
+                    size = min(self._queued, self.max_batch_size)
+                taken = self._take(size)
+            batch, expired = [], []
+            for pending in taken:
+                if pending.deadline is not None and pending.deadline <= now:
+                    expired.append(pending)
+                elif pending.future.set_running_or_notify_cancel():
+                    batch.append(pending)
+            for pending in expired:
+                _fail(pending, DeadlineExceededError(f"model {self.name!r}: deadline passed while queued"))
+            if batch:
+                return batch
+
+    def _due_size(self) -> int | None:
+        """Batch size to dispatch now without waiting (full or a preferred size), else None."""
+        if self._queued >= self.max_batch_size:
+            return self.max_batch_size
+        for preferred in self.preferred_batch_sizes:
+            if preferred <= self._queued:
+                return preferred
+        return None
+
+    def _take(self, size: int) -> list[_Pending]:
+        """Pop up to size items, one per stream per turn, keeping each stream's order."""
+        taken: list[_Pending] = []
+        while len(taken) < size and self._rotation:
+            key = self._rotation.popleft()
+            queue = self._streams[key]
+            taken.append(queue.popleft())
+            if queue:
+                self._rotation.append(key)
+            else:
+                del self._streams[key]
+        self._queued -= len(taken)
+        return taken
+
+    def _forget(self, key: object) -> None:
+        """Drop an emptied stream from the table and the rotation."""
+        del self._streams[key]
+        self._rotation.remove(key)
+
+    def _run(self, batch: list[_Pending]) -> None:
+        """Run the backend on one batch and resolve every future of it, whatever happens."""
+        started = time.monotonic()
+        queue_seconds = [started - pending.enqueued for pending in batch]
+        try:
+            results = list(self._run_batch([pending.item for pending in batch]))
+            if len(results) != len(batch):
+                raise SchedulerError(
+                    f"model {self.name!r}: run_batch returned {len(results)} results for {len(batch)} items"
+                )
+        except BaseException as error:  # every waiter must learn of the failure, even on SystemExit
+            for pending in batch:
+                pending.future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            log.warning("model %r: batch of %d failed: %s", self.name, len(batch), error)
+        else:
+            for pending, result in zip(batch, results):
+                pending.future.set_result(result)
+        compute_seconds = time.monotonic() - started
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(batch), queue_seconds, compute_seconds)
+            except Exception:
+                log.exception("model %r: on_batch hook failed", self.name)
+
+
+def _stream_key(stream_id: str | None) -> object:
+    """Queue key of a stream id; None maps to the shared unary pseudo-stream."""
+    return _UNARY if stream_id is None else stream_id
+
+
+def _fail(pending: _Pending, error: SchedulerError) -> None:
+    """Resolve a queued request's future with an error unless its caller already cancelled it."""
+    if pending.future.set_running_or_notify_cancel():
+        pending.future.set_exception(error)
+
+
+def _check_limits(
+    name: str, max_batch_size: int, max_queue_delay_us: int, preferred: Sequence[int], max_queue_size: int
+) -> None:
+    """Reject batching limits that cannot work, naming the field."""
+    if max_batch_size < 1:
+        raise ValueError(f"model {name!r}: max_batch_size={max_batch_size}: expected >= 1")
+    if max_queue_delay_us < 0:
+        raise ValueError(f"model {name!r}: max_queue_delay_us={max_queue_delay_us}: expected >= 0")
+    if max_queue_size < 1:
+        raise ValueError(f"model {name!r}: max_queue_size={max_queue_size}: expected >= 1")
+    bad = [size for size in preferred if not 1 <= size <= max_batch_size]
+    if bad:
+        raise ValueError(
+            f"model {name!r}: preferred_batch_sizes {list(preferred)}: expected sizes in 1..{max_batch_size}"
+        )
