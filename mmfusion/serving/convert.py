@@ -14,7 +14,7 @@ from google.protobuf import struct_pb2
 from mmfusion.media import check_image, decode_audio, decode_image
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving.models import ModelEntry
-from mmfusion.types import Inputs, InputError, Prediction
+from mmfusion.types import InputError, Inputs, Prediction
 
 MAX_IMAGE_PIXELS = 64_000_000
 MIN_SAMPLE_RATE = 8_000
@@ -204,7 +204,9 @@ def prediction_to_proto(
             pb.Transcript(
                 text=transcript.text,
                 language=transcript.language,
-                words=[pb.Word(word=w.word, start=w.start, end=w.end, probability=w.probability) for w in transcript.words],
+                words=[
+                    pb.Word(word=w.word, start=w.start, end=w.end, probability=w.probability) for w in transcript.words
+                ],
             )
         )
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
@@ -111,6 +112,16 @@ class ServiceMetrics:
         """Count one finished inference request as a success or a failure."""
         name = "nv_inference_request_success" if success else "nv_inference_request_failure"
         self.triton.add(name, model, str(version), 1)
+
+    @contextmanager
+    def request(self, model: str, version: int | str) -> Iterator[None]:
+        """Count the request run in the with-block: a success if it returns, a failure if it raises."""
+        try:
+            yield
+        except BaseException:
+            self.record_request(model, version, success=False)
+            raise
+        self.record_request(model, version, success=True)
 
     def record_batch(
         self, model: str, version: int | str, batch_size: int, queue_seconds: Sequence[float], compute_seconds: float

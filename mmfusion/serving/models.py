@@ -1,17 +1,25 @@
-"""The loaded-model manager: load, unload and look up Pipelines by name, thread-safe."""
+"""The loaded-model manager: load, unload and look up Pipelines and their schedulers by name, thread-safe."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmfusion.config import PipelineConfig, load_config
 from mmfusion.pipeline import Pipeline, models_root, resolve_model_dir
+from mmfusion.serving.batching import ModelRunner, Work, is_inference
+from mmfusion.serving.metrics import ServiceMetrics
+from mmfusion.serving.scheduler import BatchingConfig, BatchScheduler
 from mmfusion.types import InputError
 
+LOG = logging.getLogger(__name__)
 StateListener = Callable[[str, bool], None]
+DEFAULT_UNLOAD_GRACE_SECONDS = 10.0
+MIN_GRACE_SECONDS = 0.05  # even a spent grace period lets a model's scheduler stop cleanly
 
 
 class ModelNotFound(LookupError):
@@ -20,16 +28,19 @@ class ModelNotFound(LookupError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model the server knows: its folder, its config and, when loaded, its Pipeline."""
+    """A model the server knows: its folder, its config and, when loaded, its Pipeline and scheduler.
+
+    Everything that runs the pipeline goes through the scheduler, whose one worker thread is the
+    only thread that touches the pipeline (HF fast tokenizers are not safe across threads, and the
+    backend already uses every core).
+    """
 
     name: str
     model_dir: Path
     config: PipelineConfig
     pipeline: Pipeline | None = None
     backend: str = ""
-    # one prediction at a time per model: HF fast tokenizers are not safe across threads, and the
-    # backend already uses every core; the scheduler will batch requests instead
-    compute_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    scheduler: BatchScheduler[Work, object] | None = None
 
     @property
     def version(self) -> str:
@@ -37,10 +48,17 @@ class ModelEntry:
 
 
 class ModelManager:
-    """Loaded Pipelines by config name; loads run outside the lock so lookups never wait on them."""
+    """Loaded Pipelines by config name, each with its BatchScheduler; loads run outside the lock."""
 
-    def __init__(self, model_root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model_root: str | Path | None = None,
+        batching: BatchingConfig | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self._model_root = Path(model_root) if model_root is not None else None
+        self.batching = batching or BatchingConfig()
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self._loaded: dict[str, ModelEntry] = {}
@@ -93,27 +111,41 @@ class ModelManager:
                 if config.name in self._loaded:
                     return self._loaded[config.name]
             pipeline = Pipeline(model_dir, backend=backend)
-            entry = ModelEntry(config.name, model_dir, pipeline.config, pipeline, backend)
+            version = str(pipeline.config.version)
+            scheduler = BatchScheduler(
+                ModelRunner(pipeline),
+                name=config.name,
+                on_batch=self.metrics.batch_hook(config.name, version) if self.metrics is not None else None,
+                counted=is_inference,
+                **self.batching.as_kwargs(),
+            )
+            entry = ModelEntry(config.name, model_dir, pipeline.config, pipeline, backend, scheduler)
             with self._lock:
                 self._loaded[config.name] = entry
                 self._known_dirs[config.name] = model_dir
         self._notify(config.name, True)
         return entry
 
-    def unload(self, name: str) -> ModelEntry:
-        """Forget a loaded model and close its backend; requests holding it finish first."""
+    def unload(self, name: str, grace: float = DEFAULT_UNLOAD_GRACE_SECONDS) -> ModelEntry:
+        """Forget a loaded model: its queued work is served within grace (the rest fails), then its backend closes."""
         with self._lock:
             entry = self._loaded.pop(name, None)
         if entry is None:
             raise ModelNotFound(f"model {name!r} is not loaded; loaded: {', '.join(self.loaded_names()) or 'none'}")
         self._notify(name, False)
-        entry.pipeline.close()
+        entry.scheduler.close(grace)
+        if entry.scheduler.stopped:
+            entry.pipeline.close()
+        else:  # a batch is stuck in the backend: closing it under that batch could crash the process
+            LOG.warning("model %r: a batch still runs %.1f s after unload; its backend is left to the GC", name, grace)
         return ModelEntry(entry.name, entry.model_dir, entry.config, None, entry.backend)
 
     def get(self, name: str, version: str = "") -> ModelEntry:
         """A loaded model (its entry holds the Pipeline); errors name what is loaded."""
         if not name:
-            raise InputError(f"model: empty; expected one of the loaded models: {', '.join(self.loaded_names()) or 'none'}")
+            raise InputError(
+                f"model: empty; expected one of the loaded models: {', '.join(self.loaded_names()) or 'none'}"
+            )
         with self._lock:
             entry = self._loaded.get(name)
         if entry is None:
@@ -138,7 +170,8 @@ class ModelManager:
         with self._lock:
             return sorted(self._loaded)
 
-    def close(self) -> None:
-        """Unload every model."""
+    def close(self, grace: float = DEFAULT_UNLOAD_GRACE_SECONDS) -> None:
+        """Unload every model; their schedulers drain side by side, all within one grace period."""
+        deadline = time.monotonic() + grace
         for name in self.loaded_names():
-            self.unload(name)
+            self.unload(name, max(deadline - time.monotonic(), MIN_GRACE_SECONDS))

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,26 @@ class SchedulerClosedError(SchedulerError):
     """The scheduler is closed (or closed before this request was served)."""
 
 
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Batching limits of a model's scheduler; checked on construction, naming the bad field."""
+
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preferred_batch_sizes", tuple(self.preferred_batch_sizes))
+        _check_limits(
+            "batching", self.max_batch_size, self.max_queue_delay_us, self.preferred_batch_sizes, self.max_queue_size
+        )
+
+    def as_kwargs(self) -> dict:
+        """The limits as BatchScheduler keyword arguments."""
+        return asdict(self)
+
+
 @dataclass
 class _Pending(Generic[T, R]):
     """One queued request: the item, its future and its timing."""
@@ -70,8 +90,11 @@ class BatchScheduler(Generic[T, R]):
         max_queue_size: int = 1024,
         name: str = "model",
         on_batch: BatchHook | None = None,
+        counted: Callable[[T], bool] | None = None,
     ) -> None:
-        _check_limits(name, max_batch_size, max_queue_delay_us, preferred_batch_sizes, max_queue_size)
+        """on_batch(size, queue_seconds, compute_seconds) after each batch reports the items counted(item) accepts
+        (default: all), so housekeeping work stays out of the metrics; a batch of none is not reported."""
+        _check_limits(f"model {name!r}", max_batch_size, max_queue_delay_us, preferred_batch_sizes, max_queue_size)
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_us / 1e6
@@ -79,6 +102,7 @@ class BatchScheduler(Generic[T, R]):
         self.max_queue_size = max_queue_size
         self._run_batch = run_batch
         self._on_batch = on_batch
+        self._counted = counted
         self._cond = threading.Condition()
         self._streams: dict[object, deque[_Pending]] = {}
         self._rotation: deque[object] = deque()  # streams with queued items, next to serve first
@@ -98,6 +122,11 @@ class BatchScheduler(Generic[T, R]):
     def closed(self) -> bool:
         """True once close() has been called: submit raises."""
         return self._closing
+
+    @property
+    def stopped(self) -> bool:
+        """True once the worker thread has ended: no batch runs now or later."""
+        return not self._worker.is_alive()
 
     def stream_depth(self, stream_id: str | None) -> int:
         """Unserved items of one stream (None: the shared pseudo-stream of unary requests)."""
@@ -249,9 +278,11 @@ class BatchScheduler(Generic[T, R]):
             for pending, result in zip(batch, results):
                 pending.future.set_result(result)
         compute_seconds = time.monotonic() - started
-        if self._on_batch is not None:
+        if self._counted is not None:
+            queue_seconds = [seconds for pending, seconds in zip(batch, queue_seconds) if self._counted(pending.item)]
+        if self._on_batch is not None and queue_seconds:
             try:
-                self._on_batch(len(batch), queue_seconds, compute_seconds)
+                self._on_batch(len(queue_seconds), queue_seconds, compute_seconds)
             except Exception:
                 log.exception("model %r: on_batch hook failed", self.name)
 
@@ -268,17 +299,15 @@ def _fail(pending: _Pending, error: SchedulerError) -> None:
 
 
 def _check_limits(
-    name: str, max_batch_size: int, max_queue_delay_us: int, preferred: Sequence[int], max_queue_size: int
+    owner: str, max_batch_size: int, max_queue_delay_us: int, preferred: Sequence[int], max_queue_size: int
 ) -> None:
     """Reject batching limits that cannot work, naming the field."""
     if max_batch_size < 1:
-        raise ValueError(f"model {name!r}: max_batch_size={max_batch_size}: expected >= 1")
+        raise ValueError(f"{owner}: max_batch_size={max_batch_size}: expected >= 1")
     if max_queue_delay_us < 0:
-        raise ValueError(f"model {name!r}: max_queue_delay_us={max_queue_delay_us}: expected >= 0")
+        raise ValueError(f"{owner}: max_queue_delay_us={max_queue_delay_us}: expected >= 0")
     if max_queue_size < 1:
-        raise ValueError(f"model {name!r}: max_queue_size={max_queue_size}: expected >= 1")
+        raise ValueError(f"{owner}: max_queue_size={max_queue_size}: expected >= 1")
     bad = [size for size in preferred if not 1 <= size <= max_batch_size]
     if bad:
-        raise ValueError(
-            f"model {name!r}: preferred_batch_sizes {list(preferred)}: expected sizes in 1..{max_batch_size}"
-        )
+        raise ValueError(f"{owner}: preferred_batch_sizes {list(preferred)}: expected sizes in 1..{max_batch_size}")

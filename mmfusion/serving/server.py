@@ -1,10 +1,11 @@
-"""Build and run the gRPC server: Inspection service, health per model, reflection, graceful stop."""
+"""Build and run the gRPC server: Inspection and KServe services, health, reflection, metrics, graceful stop."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 
@@ -14,38 +15,67 @@ from grpc_reflection.v1alpha import reflection
 
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
-from mmfusion.serving.models import ModelManager
+from mmfusion.serving.cache import ResultCache
+from mmfusion.serving.kserve import KSERVE_SERVICE_NAME, add_kserve_to_server
+from mmfusion.serving.metrics import ServiceMetrics
+from mmfusion.serving.models import MIN_GRACE_SECONDS, ModelManager
+from mmfusion.serving.scheduler import BatchingConfig
 from mmfusion.serving.servicer import DEFAULT_MAX_AUDIO_BYTES, InspectionServicer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inspection"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 DEFAULT_GRACE_SECONDS = 10.0
 
 
 class InspectionServer:
-    """A started-or-not gRPC server with its model manager and health servicer."""
+    """A started-or-not gRPC server with its model manager, health servicer, metrics and result cache."""
 
-    def __init__(self, grpc_server: grpc.Server, port: int, models: ModelManager, health_servicer) -> None:
+    def __init__(
+        self,
+        grpc_server: grpc.Server,
+        port: int,
+        models: ModelManager,
+        health_servicer,
+        metrics: ServiceMetrics,
+        cache: ResultCache,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ) -> None:
         self.grpc_server = grpc_server
         self.port = port
         self.models = models
         self.health = health_servicer
+        self.metrics = metrics
+        self.cache = cache
+        self.metrics_port = metrics_port  # the bound port once started (0 asks for any free port)
+        self._metrics_host = metrics_host
         self._stopped = threading.Event()
 
     def start(self) -> InspectionServer:
+        """Serve /metrics (when a metrics port was given), then gRPC."""
+        if self.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.start_http(self.metrics_port, addr=self._metrics_host)
+            except OSError as error:
+                self.stop(grace=0)
+                raise OSError(f"cannot serve metrics on {self._metrics_host}:{self.metrics_port}: {error}") from None
         self.grpc_server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(KSERVE_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         return self
 
     def stop(self, grace: float | None = DEFAULT_GRACE_SECONDS) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight calls finish within grace, unload models."""
+        """Report NOT_SERVING, refuse new calls, finish in-flight calls and queued work within grace, unload models."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        deadline = time.monotonic() + (grace or 0.0)
         self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace).wait()
-        self.models.close()
+        self.grpc_server.stop(grace).wait()  # calls in flight wait on their queued work, which keeps being served
+        self.models.close(max(deadline - time.monotonic(), MIN_GRACE_SECONDS))
+        self.metrics.stop_http()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops; True if it did within timeout."""
@@ -58,10 +88,17 @@ class InspectionServer:
         self.stop(grace=1.0)
 
 
-def _set_model_health(health_servicer) -> callable:
+def _on_model_change(
+    health_servicer, manager: ModelManager, metrics: ServiceMetrics, cache: ResultCache
+) -> Callable[[str, bool], None]:
+    """Per-model health, the loaded-models gauge, and a cache that forgets results of unloaded models."""
+
     def on_change(name: str, loaded: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if loaded else health_pb2.HealthCheckResponse.NOT_SERVING
         health_servicer.set(name, status)
+        metrics.set_models_loaded(len(manager.loaded_names()))
+        if not loaded:
+            cache.clear()  # a model reloaded under the same version may have new weights
 
     return on_change
 
@@ -75,11 +112,28 @@ def build_server(
     backend: str = "torch",
     max_workers: int = 16,
     max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES,
+    max_batch_size: int = 8,
+    max_queue_delay_us: int = 2000,
+    preferred_batch_sizes: Sequence[int] = (),
+    max_queue_size: int = 256,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    no_cache_models: Sequence[str] = (),
+    metrics_port: int | None = None,
 ) -> InspectionServer:
-    """Load the models (names in the repository or folders), bind host:port (0 = any free port); not started."""
-    manager = ModelManager(model_root)
+    """Load the models (names in the repository or folders), bind host:port (0 = any free port); not started.
+
+    Every loaded model gets a scheduler with these batching limits (bad limits raise ValueError);
+    Inspect results are cached in `cache_bytes` (0 disables the cache) except for the models named
+    in `no_cache_models`; `metrics_port` (0 = any free port) serves Prometheus /metrics on the same
+    host once started. A per-model `serving:` block in the model config should take over batching
+    and caching.
+    """
+    batching = BatchingConfig(max_batch_size, max_queue_delay_us, tuple(preferred_batch_sizes), max_queue_size)
+    metrics = ServiceMetrics()
+    cache = ResultCache(cache_bytes, sizeof=len)  # the cache holds serialized InspectionResults
+    manager = ModelManager(model_root, batching=batching, metrics=metrics)
     health_servicer = health.HealthServicer()
-    manager.add_listener(_set_model_health(health_servicer))
+    manager.add_listener(_on_model_change(health_servicer, manager, metrics, cache))
     for model in models:
         manager.load(model, backend=backend, allow_path=True)
     options = [
@@ -88,16 +142,22 @@ def build_server(
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
-    pb_grpc.add_InspectionServicer_to_server(InspectionServicer(manager, max_audio_bytes), server)
+    servicer = InspectionServicer(manager, max_audio_bytes, metrics, cache, frozenset(no_cache_models))
+    pb_grpc.add_InspectionServicer_to_server(servicer, server)
+    add_kserve_to_server(manager, server, metrics)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    services = (SERVICE_NAME, KSERVE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as error:
-        raise OSError(f"cannot listen on {host}:{port}: {error}") from None
+        bound, reason = 0, str(error)
+    else:
+        reason = "the address is in use or not available"
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}: the address is in use or not available")
-    return InspectionServer(server, bound, manager, health_servicer)
+        manager.close(0)
+        raise OSError(f"cannot listen on {host}:{port}: {reason}")
+    return InspectionServer(server, bound, manager, health_servicer, metrics, cache, metrics_port, host.strip("[]"))
 
 
 def serve(
@@ -113,6 +173,8 @@ def serve(
     previous = {sig: signal.signal(sig, lambda *_: stop_requested.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     loaded = ", ".join(server.models.loaded_names()) or "no models"
     print(f"mmfusion: serving {loaded} on {host}:{server.port}", flush=True)
+    if server.metrics_port is not None:
+        print(f"mmfusion: metrics on http://{host}:{server.metrics_port}/metrics", flush=True)
     try:
         while not stop_requested.wait(0.5):
             pass

@@ -1,10 +1,13 @@
-"""The Inspection servicer: proto requests -> model manager and pipelines -> proto results."""
+"""The Inspection servicer: proto requests -> the model's scheduler -> proto results, with cache and metrics."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 
 import grpc
@@ -12,6 +15,8 @@ import grpc
 from mmfusion.config import ConfigError
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
+from mmfusion.serving.batching import Outcome, Predict, Work
+from mmfusion.serving.cache import ResultCache
 from mmfusion.serving.convert import (
     REPORT_HEAD_KINDS,
     decode_audio_bytes,
@@ -20,110 +25,232 @@ from mmfusion.serving.convert import (
     model_to_proto,
     prediction_to_proto,
 )
+from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.models import ModelEntry, ModelManager, ModelNotFound
-from mmfusion.serving.streams import FrameQueue, StreamState
-from mmfusion.types import Inputs, InputError
+from mmfusion.serving.scheduler import DeadlineExceededError, QueueFullError, SchedulerClosedError
+from mmfusion.serving.streams import FrameSlot, FrameWork, StreamSession, StreamState
+from mmfusion.types import InputError, Inputs
 
 LOG = logging.getLogger(__name__)
 DEFAULT_MAX_AUDIO_BYTES = 256 * 1024 * 1024
+NO_DEADLINE_SECONDS = 365 * 24 * 3600.0  # grpc reports a call without a deadline as one far in the future
 
 
 def _one_line(error: BaseException) -> str:
     return " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def status_of(error: BaseException) -> grpc.StatusCode:
+    """The status code of an error a request caused or met; INTERNAL for anything unexpected."""
+    if isinstance(error, ModelNotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, ConfigError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(error, InputError | ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    if isinstance(error, QueueFullError | MemoryError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(error, DeadlineExceededError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(error, SchedulerClosedError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
+HANDLED_ERRORS = (
+    ModelNotFound,
+    ConfigError,
+    InputError,
+    ValueError,
+    NotImplementedError,
+    QueueFullError,
+    MemoryError,
+    DeadlineExceededError,
+    SchedulerClosedError,
+    CancelledError,
+)
+
+
 @contextmanager
 def rpc_errors(context: grpc.ServicerContext):
-    """Turn user errors into status codes; the server keeps serving after any of them."""
+    """Turn user errors, backpressure and deadlines into status codes; the server keeps serving after any of them."""
     try:
         yield
-    except ModelNotFound as error:
-        context.abort(grpc.StatusCode.NOT_FOUND, _one_line(error))
-    except ConfigError as error:
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, _one_line(error))
-    except (InputError, ValueError) as error:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, _one_line(error))
-    except NotImplementedError as error:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, _one_line(error))
-    except MemoryError:
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory on this request")
+    except HANDLED_ERRORS as error:
+        message = "the server ran out of memory on this request" if isinstance(error, MemoryError) else error
+        context.abort(status_of(error), _one_line(message))
+
+
+def _time_remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds left before the call's deadline; None when the client set none."""
+    remaining = context.time_remaining()
+    if remaining is None or not math.isfinite(remaining) or remaining > NO_DEADLINE_SECONDS:
+        return None
+    return remaining
+
+
+def submit(entry: ModelEntry, work: Work, stream_id: str | None = None, deadline: float | None = None) -> Future:
+    """Queue one work item on the model's scheduler; a closed scheduler means the model was unloaded."""
+    try:
+        return entry.scheduler.submit(work, stream_id=stream_id, deadline=deadline)
+    except SchedulerClosedError:
+        raise ModelNotFound(f"model {entry.name!r} was unloaded while this request waited") from None
+
+
+def run_on_model(entry: ModelEntry, work: Work, context: grpc.ServicerContext) -> Outcome:
+    """Run one item through the model's scheduler within the call's deadline (expired work is never computed)."""
+    remaining = _time_remaining(context)
+    future = submit(entry, work, deadline=None if remaining is None else time.monotonic() + remaining)
+    context.add_callback(future.cancel)  # a client that leaves takes its queued work with it
+    try:
+        return future.result(timeout=remaining)
+    except TimeoutError:
+        future.cancel()
+        raise DeadlineExceededError(
+            f"model {entry.name!r}: the deadline passed before this request was served"
+        ) from None
+    except SchedulerClosedError:
+        raise ModelNotFound(f"model {entry.name!r} was unloaded while this request waited") from None
 
 
 def _milliseconds(start: float, end: float) -> float:
     return (end - start) * 1000.0
 
 
-class InspectionServicer(pb_grpc.InspectionServicer):
-    """Translation only: every decision about models lives in ModelManager and Pipeline."""
+def _timings(received: float, submitted: float, outcome: Outcome) -> pb.Timings:
+    return pb.Timings(
+        decode_ms=_milliseconds(received, submitted),
+        queue_ms=_milliseconds(submitted, outcome.started),
+        compute_ms=_milliseconds(outcome.started, outcome.finished),
+        total_ms=_milliseconds(received, time.monotonic()),
+    )
 
-    def __init__(self, models: ModelManager, max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES) -> None:
+
+def _failed(error: Exception) -> Future:
+    future: Future = Future()
+    future.set_exception(error)
+    return future
+
+
+class InspectionServicer(pb_grpc.InspectionServicer):
+    """Translation only: models live in ModelManager, batching in each model's scheduler, results in the cache."""
+
+    def __init__(
+        self,
+        models: ModelManager,
+        max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES,
+        metrics: ServiceMetrics | None = None,
+        cache: ResultCache | None = None,
+        no_cache_models: frozenset[str] = frozenset(),
+    ) -> None:
         self.models = models
         self.max_audio_bytes = max_audio_bytes
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
+        self.cache = cache if cache is not None else ResultCache(0)  # an empty cache is falsy (len 0)
+        self.no_cache_models = frozenset(no_cache_models)
+        self._calls = itertools.count()
 
-    def _predict(self, entry: ModelEntry, inputs: Inputs, started: float, **options: bool) -> pb.InspectionResult:
+    def _predict(
+        self, entry: ModelEntry, inputs: Inputs, received: float, context: grpc.ServicerContext, **options: bool
+    ) -> pb.InspectionResult:
         prepared = entry.pipeline.prepare(inputs)
-        decoded = time.perf_counter()
-        with entry.compute_lock:
-            computing = time.perf_counter()
-            prediction = entry.pipeline.predict(prepared)
-        done = time.perf_counter()
-        result = prediction_to_proto(prediction, entry, **options)
-        result.timings.CopyFrom(
-            pb.Timings(
-                decode_ms=_milliseconds(started, decoded),
-                queue_ms=_milliseconds(decoded, computing),
-                compute_ms=_milliseconds(computing, done),
-                total_ms=_milliseconds(started, time.perf_counter()),
-            )
-        )
+        submitted = time.monotonic()
+        outcome = run_on_model(entry, Predict(prepared), context)
+        result = prediction_to_proto(outcome.unwrap(), entry, **options)
+        result.timings.CopyFrom(_timings(received, submitted, outcome))
         return result
+
+    def _cache_key(self, entry: ModelEntry, request: pb.InspectRequest) -> str | None:
+        """model@version + sha256 of the whole request (every input byte and option); None when not cached."""
+        if not self.cache.enabled or entry.name in self.no_cache_models:
+            return None
+        return self.cache.key(entry.name, entry.version, request.SerializeToString(deterministic=True))
 
     def Inspect(self, request: pb.InspectRequest, context: grpc.ServicerContext) -> pb.InspectionResult:
         with rpc_errors(context):
-            started = time.perf_counter()
+            received = time.monotonic()
             entry = self.models.get(request.model, request.version)
-            inputs = inputs_from_request(request)
-            return self._predict(
-                entry,
-                inputs,
-                started,
-                include_heatmap=request.include_heatmap,
-                include_embedding=request.include_embedding,
-            )
+            with self.metrics.request(entry.name, entry.version):
+                key = self._cache_key(entry, request)
+                if key is not None:
+                    cached = self.cache.get(key)
+                    self.metrics.record_cache(entry.name, hit=cached is not None)
+                    if cached is not None:
+                        result = pb.InspectionResult.FromString(cached)
+                        elapsed = _milliseconds(received, time.monotonic())
+                        result.timings.CopyFrom(pb.Timings(decode_ms=elapsed, total_ms=elapsed))
+                        return result
+                options = {"include_heatmap": request.include_heatmap, "include_embedding": request.include_embedding}
+                result = self._predict(entry, inputs_from_request(request), received, context, **options)
+                if key is not None:
+                    stored = pb.InspectionResult()
+                    stored.CopyFrom(result)
+                    stored.ClearField("timings")
+                    self.cache.put(key, stored.SerializeToString(deterministic=True))
+                return result
 
-    def _serve_frame(self, stream: StreamState, frame: pb.Frame, skipped: list[int]) -> pb.FrameResult:
-        started = time.perf_counter()
+    def _start_frame(self, stream: StreamState, frame: pb.Frame) -> FrameWork:
+        """Decode a frame and queue it on its model, dropping the stream's oldest unserved frames beyond its limit."""
+        received = time.monotonic()
         entry = self.models.get(stream.model, stream.version)
-        reply = pb.FrameResult(
-            stream_id=frame.stream_id,
-            sequence_number=frame.sequence_number,
-            capture_time=frame.capture_time,
-            skipped_sequence_numbers=skipped,
-        )
         try:
             image = image_from_proto(frame.image, "frame.image") if frame.HasField("image") else None
             inputs = Inputs(image=image, text=frame.text or None)
             if not inputs.present():
                 raise InputError("frame: no image and no text; a frame needs at least one")
-            reply.result.CopyFrom(self._predict(entry, inputs, started))
-        except InputError as error:
-            reply.error.CopyFrom(pb.FrameError(code=grpc.StatusCode.INVALID_ARGUMENT.name, message=_one_line(error)))
+            work = Predict(entry.pipeline.prepare(inputs))
+            submitted = time.monotonic()
+            future = entry.scheduler.submit(work, stream_id=stream.key)
+        except (InputError, ValueError, QueueFullError, SchedulerClosedError) as error:
+            return FrameWork(_failed(error), entry, received, received)
+        dropped = entry.scheduler.drop_oldest(stream.key, keep=stream.max_pending)
+        if dropped:
+            self.metrics.record_dropped_frames(stream.stream_id, len(dropped))
+        return FrameWork(future, entry, received, submitted)
+
+    def _answer(self, stream: StreamState, slot: FrameSlot, skipped: list[int]) -> pb.FrameResult:
+        """A FrameResult for a frame whose work is done: its result, or its error with a status name."""
+        reply = pb.FrameResult(
+            stream_id=stream.stream_id,
+            sequence_number=slot.sequence_number,
+            capture_time=slot.capture_time,
+            skipped_sequence_numbers=skipped,
+        )
+        work = slot.work
+        error = work.future.exception()
+        outcome: Outcome | None = None if error is not None else work.future.result()
+        error = error or outcome.error
+        self.metrics.record_request(work.entry.name, work.entry.version, success=error is None)
+        self.metrics.set_stream_fps(stream.stream_id, stream.answered())
+        if error is not None:
+            reply.error.CopyFrom(pb.FrameError(code=status_of(error).name, message=_one_line(error)))
             return reply
+        reply.result.CopyFrom(prediction_to_proto(outcome.value, work.entry))
+        reply.result.timings.CopyFrom(_timings(work.received, work.submitted, outcome))
         reply.smoothed_verdict = stream.smooth(reply.result.verdict)
         return reply
 
     def StreamInspect(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.FrameResult]:
-        frames = FrameQueue(request_iterator)
-        context.add_callback(frames.stop)
+        session = StreamSession(request_iterator, self._start_frame, next(self._calls))
+        context.add_callback(session.stop)
         with rpc_errors(context):
-            for stream, frame, skipped in frames:
-                yield self._serve_frame(stream, frame, skipped)
-            if not frames.seen_any and context.is_active():
+            try:
+                for stream, slot, skipped in session:
+                    yield self._answer(stream, slot, skipped)
+            finally:
+                session.stop()
+                for stream_id in session.stream_ids:
+                    self.metrics.forget_stream(stream_id)
+            if not session.seen_any and context.is_active():
                 raise InputError("request stream: no frames; send at least one Frame")
 
     def AnalyzeAudio(self, request_iterator, context: grpc.ServicerContext) -> pb.InspectionResult:
         with rpc_errors(context):
-            started = time.perf_counter()
+            received = time.monotonic()
             first: pb.AudioChunk | None = None
             data = bytearray()
             text = ""
@@ -142,8 +269,9 @@ class InspectionServicer(pb_grpc.InspectionServicer):
                     )
             if first is None:
                 raise InputError("request stream: no audio chunks; send at least one AudioChunk naming the model")
-            waveform = decode_audio_bytes(bytes(data), first.encoding, first.sample_rate, first.channels, "audio")
-            return self._predict(entry, Inputs(audio=waveform, text=text or None), started)
+            with self.metrics.request(entry.name, entry.version):
+                waveform = decode_audio_bytes(bytes(data), first.encoding, first.sample_rate, first.channels, "audio")
+                return self._predict(entry, Inputs(audio=waveform, text=text or None), received, context)
 
     def GenerateReport(self, request: pb.ReportRequest, context: grpc.ServicerContext) -> Iterator[pb.ReportChunk]:
         with rpc_errors(context):
@@ -184,5 +312,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         with rpc_errors(context):
             if not request.name:
-                raise InputError(f"name: empty; expected one of the loaded models {', '.join(self.models.loaded_names())}")
+                raise InputError(
+                    f"name: empty; expected one of the loaded models {', '.join(self.models.loaded_names())}"
+                )
             return model_to_proto(self.models.unload(request.name))

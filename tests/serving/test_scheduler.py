@@ -88,13 +88,12 @@ def test_a_lone_item_waits_at_most_the_queue_delay(make_scheduler):
 
 def test_preferred_size_dispatches_without_waiting_for_the_delay(make_scheduler):
     backend = RecordingBackend()
-    scheduler = blocked_scheduler(make_scheduler, backend, max_batch_size=8, max_queue_delay_us=30_000_000, preferred_batch_sizes=(2,))
-    futures = [scheduler.submit(index) for index in range(2)]
+    scheduler = make_scheduler(backend, max_batch_size=8, max_queue_delay_us=30_000_000, preferred_batch_sizes=(2,))
     started = time.monotonic()
-    backend.release()
+    futures = [scheduler.submit(index) for index in range(2)]
     assert [future.result(WAIT_S) for future in futures] == [("result", 0), ("result", 1)]
     assert time.monotonic() - started < 5.0  # the 30 s delay was not waited for
-    assert backend.batches[1] == [0, 1]
+    assert backend.batches == [[0, 1]]
 
 
 def test_largest_preferred_size_that_fits_is_taken_first(make_scheduler):
@@ -166,8 +165,9 @@ def test_expired_deadline_fails_without_being_computed(make_scheduler):
 
 def test_backend_error_fails_its_batch_and_the_next_batch_still_runs(make_scheduler):
     backend = RecordingBackend(fail_on="poison")
-    scheduler = make_scheduler(backend, max_batch_size=2, max_queue_delay_us=1_000_000)
+    scheduler = blocked_scheduler(make_scheduler, backend, max_batch_size=2, max_queue_delay_us=0)
     doomed = [scheduler.submit("poison"), scheduler.submit("neighbour")]
+    backend.release()
     for future in doomed:
         with pytest.raises(RuntimeError, match="backend broke on 'poison'"):
             future.result(WAIT_S)
@@ -277,3 +277,19 @@ def test_on_batch_hook_reports_size_queue_times_and_compute_time(make_scheduler)
 def test_impossible_limits_are_rejected_naming_the_field(limits, field):
     with pytest.raises(ValueError, match=field):
         BatchScheduler(lambda items: items, **limits)
+
+
+def test_on_batch_hook_reports_only_counted_items(make_scheduler):
+    reports = []
+    scheduler = make_scheduler(
+        lambda items: items,
+        max_batch_size=3,
+        max_queue_delay_us=1_000_000,
+        on_batch=lambda size, queue_seconds, compute_seconds: reports.append((size, len(queue_seconds))),
+        counted=lambda item: item != "housekeeping",
+    )
+    futures = [scheduler.submit(item) for item in ("a", "housekeeping", "b")]
+    assert [future.result(WAIT_S) for future in futures] == ["a", "housekeeping", "b"]
+    assert scheduler.submit("housekeeping").result(WAIT_S) == "housekeeping"
+    scheduler.close(grace_s=WAIT_S)
+    assert reports == [(2, 2)]  # the housekeeping-only batch is not reported at all

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
-import re
 import os
+import re
 import signal
 import socket
 import struct
 import threading
 import time
+import urllib.request
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,12 +25,35 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from mmfusion.client import InspectionClient, ServerError, frames_from_images, image_message
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving import build_server, serve
+from mmfusion.serving.batching import Call, Predict
 from mmfusion.serving.convert import wav_bytes
+from mmfusion.serving.models import ModelEntry, ModelManager, ModelNotFound
 from mmfusion.serving.server import SERVICE_NAME
+from mmfusion.serving.servicer import submit
+from mmfusion.types import Inputs
 from tests.conftest import random_image, random_waveform
 from tests.test_pipeline import BLUE, RED, tiny_model
 
 MAX_MESSAGE_BYTES = 1_000_000
+WAIT_S = 20.0
+
+
+def on_pipeline(server, model: str, function):
+    """function(pipeline) run on the model's scheduler thread, the one thread that may touch the pipeline."""
+    return server.models.get(model).scheduler.submit(Call(function)).result(WAIT_S).unwrap()
+
+
+def hold_scheduler(entry: ModelEntry) -> threading.Event:
+    """Keep the model's scheduler busy until the returned event is set, so later work only queues."""
+    release, running = threading.Event(), threading.Event()
+
+    def hold(_pipeline) -> None:
+        running.set()
+        release.wait(WAIT_S)
+
+    entry.scheduler.submit(Call(hold))
+    assert running.wait(WAIT_S)
+    return release
 
 
 def png(image: np.ndarray) -> bytes:
@@ -107,7 +131,11 @@ def _png_claiming(width: int, height: int) -> bytes:
 BAD_REQUESTS = [
     (pb.InspectRequest(), grpc.StatusCode.INVALID_ARGUMENT, "model: empty; expected one of the loaded models: tiny"),
     (pb.InspectRequest(model="nope", text="x"), grpc.StatusCode.NOT_FOUND, "model 'nope' is not loaded; loaded: tiny"),
-    (pb.InspectRequest(model="tiny", version="7", text="x"), grpc.StatusCode.NOT_FOUND, "version '7'.*loaded version: 1"),
+    (
+        pb.InspectRequest(model="tiny", version="7", text="x"),
+        grpc.StatusCode.NOT_FOUND,
+        "version '7'.*loaded version: 1",
+    ),
     (pb.InspectRequest(model="tiny"), grpc.StatusCode.INVALID_ARGUMENT, "request: no input"),
     (pb.InspectRequest(model="tiny", image=pb.Image()), grpc.StatusCode.INVALID_ARGUMENT, r"image\.data: empty"),
     (
@@ -238,7 +266,10 @@ def test_stream_bad_frames(client):
     assert results[1].error.code == "INVALID_ARGUMENT" and "frame.image: 12 bytes" in results[1].error.message
     assert results[2].result.verdict == "blue"
     protocol_errors = [
-        ([_frame("cam", 5, RED, model="tiny"), _frame("cam", 5, RED)], "frame.sequence_number: 5 on stream 'cam' after 5"),
+        (
+            [_frame("cam", 5, RED, model="tiny"), _frame("cam", 5, RED)],
+            "frame.sequence_number: 5 on stream 'cam' after 5",
+        ),
         ([_frame("cam", 0, RED)], "frame.model: empty on the first frame of stream 'cam'"),
         ([_frame("", 0, RED, model="tiny")], "frame.stream_id: empty"),
         ([], "request stream: no frames"),
@@ -296,12 +327,21 @@ def test_load_analyze_audio_unload_frees_the_pipeline(server, client):
     assert set(as_wav.scores) == {"low", "high"}
     for chunks, code, message in [
         ([], grpc.StatusCode.INVALID_ARGUMENT, "request stream: no audio chunks"),
-        ([pb.AudioChunk(model="tiny-audio", data=b"\1\2" * 50, encoding=pb.AUDIO_ENCODING_PCM16, sample_rate=4000)],
-         grpc.StatusCode.INVALID_ARGUMENT, r"audio\.sample_rate: 4000 Hz; expected 8000\.\.192000"),
-        ([pb.AudioChunk(model="tiny-audio", data=b"\1\2\3", encoding=pb.AUDIO_ENCODING_PCM16, sample_rate=16000)],
-         grpc.StatusCode.INVALID_ARGUMENT, r"audio\.data: 3 bytes is not a whole number"),
-        ([pb.AudioChunk(model="tiny-audio", data=b"RIFF" + b"\0" * 40)],
-         grpc.StatusCode.INVALID_ARGUMENT, "audio: 44 bytes are not decodable audio"),
+        (
+            [pb.AudioChunk(model="tiny-audio", data=b"\1\2" * 50, encoding=pb.AUDIO_ENCODING_PCM16, sample_rate=4000)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"audio\.sample_rate: 4000 Hz; expected 8000\.\.192000",
+        ),
+        (
+            [pb.AudioChunk(model="tiny-audio", data=b"\1\2\3", encoding=pb.AUDIO_ENCODING_PCM16, sample_rate=16000)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"audio\.data: 3 bytes is not a whole number",
+        ),
+        (
+            [pb.AudioChunk(model="tiny-audio", data=b"RIFF" + b"\0" * 40)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "audio: 44 bytes are not decodable audio",
+        ),
         ([pb.AudioChunk(data=b"\0\0")], grpc.StatusCode.INVALID_ARGUMENT, "model: empty"),
     ]:
         with pytest.raises(grpc.RpcError) as raised:
@@ -330,8 +370,14 @@ def test_reflection_lists_the_services(server):
         assert descriptor.name == "mmfusion/v1/inspection.proto"
         methods = {m.name for m in descriptor.service[0].method}
     assert methods == {
-        "Inspect", "StreamInspect", "AnalyzeAudio", "GenerateReport",
-        "ListModels", "GetModel", "LoadModel", "UnloadModel",
+        "Inspect",
+        "StreamInspect",
+        "AnalyzeAudio",
+        "GenerateReport",
+        "ListModels",
+        "GetModel",
+        "LoadModel",
+        "UnloadModel",
     }
 
 
@@ -345,18 +391,19 @@ def test_stop_finishes_and_unloads(model_root):
             client.inspect("tiny", text="too late")
         assert raised.value.code == grpc.StatusCode.UNAVAILABLE
 
+
 def test_port_in_use_is_refused(server, model_root):
     with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{server.port}"):
         build_server([], port=server.port, model_root=model_root)
 
 
-def test_concurrent_requests_match_serial_ones(client):
+def test_concurrent_requests_match_one_at_a_time_predictions(server, client):
     texts = [f"note number {i}" for i in range(8)]
-    serial = [client.inspect("tiny", text=text).scores for text in texts]
+    alone = [on_pipeline(server, "tiny", lambda p, text=text: p.predict(text=text)) for text in texts]
     with ThreadPoolExecutor(4) as pool:
         concurrent = list(pool.map(lambda text: client.inspect("tiny", text=text).scores, texts))
-    for one, other in zip(serial, concurrent):
-        assert dict(one) == pytest.approx(dict(other), abs=1e-6)
+    for one, other in zip(alone, concurrent):
+        assert one.outputs["colour"]["scores"] == pytest.approx(dict(other), abs=1e-5)
 
 
 def test_graceful_stop_lets_an_open_stream_finish(model_root):
@@ -386,24 +433,55 @@ def test_graceful_stop_lets_an_open_stream_finish(model_root):
     assert running.models.loaded_names() == []
 
 
-def test_serve_exits_zero_on_sigterm(model_root, capsys):
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def test_serve_exits_zero_on_sigterm(model_root, capsys):
+    port, metrics_port = free_port(), free_port()
     answers = []
+    handler_before = signal.getsignal(signal.SIGTERM)
 
     def call_then_terminate():
         try:
             with InspectionClient(f"127.0.0.1:{port}", timeout=20) as client:
                 client.wait_ready(20)
-                answers.append((client.health(), client.inspect("tiny", text="hello").model))
+                model = client.inspect("tiny", text="hello").model
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                    counted = 'nv_inference_request_success{model="tiny",version="1"} 1.0' in response.read().decode()
+                answers.append((client.health(), model, counted))
         finally:
             os.kill(os.getpid(), signal.SIGTERM)  # serve() handles it: stop accepting, finish, return
 
     caller = threading.Thread(target=call_then_terminate)
     caller.start()
-    assert serve(["tiny"], port, model_root=model_root, grace=2.0) == 0
+    assert serve(["tiny"], port, model_root=model_root, grace=2.0, metrics_port=metrics_port) == 0
     caller.join(10)
-    assert answers == [("SERVING", "tiny")]
-    assert capsys.readouterr().out == f"mmfusion: serving tiny on 127.0.0.1:{port}\nmmfusion: server stopped\n"
-    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    assert answers == [("SERVING", "tiny", True)]
+    assert capsys.readouterr().out == (
+        f"mmfusion: serving tiny on 127.0.0.1:{port}\n"
+        f"mmfusion: metrics on http://127.0.0.1:{metrics_port}/metrics\n"
+        "mmfusion: server stopped\n"
+    )
+    with pytest.raises(OSError):  # the metrics endpoint closed with the server
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # serve() puts the previous handler back
+
+
+def test_unload_serves_queued_work_then_frees_the_backend(model_root):
+    manager = ModelManager(model_root)
+    entry = manager.load("tiny")
+    blocker = hold_scheduler(entry)
+    queued = entry.scheduler.submit(Predict(Inputs(text="queued before unload")))
+    unloading = threading.Thread(target=manager.unload, args=("tiny",))
+    unloading.start()
+    time.sleep(0.2)
+    assert unloading.is_alive() and entry.pipeline.backend.graph is not None  # a batch is running on it
+    with pytest.raises(ModelNotFound, match="'tiny' was unloaded while this request waited"):
+        submit(entry, Predict(Inputs(text="too late")))
+    blocker.set()
+    unloading.join(10)
+    assert not unloading.is_alive() and entry.pipeline.backend.graph is None
+    assert queued.result(0).unwrap().model == "tiny"  # queued work was served before the backend closed

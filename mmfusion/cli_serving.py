@@ -1,0 +1,202 @@
+"""Service subcommands of `mmfusion`: serve, inspect, stream, audio."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from mmfusion.types import InputError
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_IMAGE_MODEL = "pcb-inspect"
+DEFAULT_AUDIO_MODEL = "speech-transcribe"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mmfusion.serving import serve
+
+    if args.cache_mb < 0:
+        raise InputError(f"--cache-mb {args.cache_mb}: expected megabytes >= 0 (0 disables the cache)")
+    return serve(
+        args.models,
+        args.port,
+        host=args.host,
+        grace=args.grace,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        backend=args.backend,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        preferred_batch_sizes=tuple(args.preferred_batch_size),
+        max_queue_size=args.max_queue_size,
+        cache_bytes=int(args.cache_mb * 1024 * 1024),
+        no_cache_models=args.no_cache_model,
+        metrics_port=args.metrics_port,
+    )
+
+
+def _print_result(result, as_json: bool) -> None:
+    from mmfusion.client import to_dict
+
+    if as_json:
+        print(json.dumps(to_dict(result)))
+        return
+    scores = ", ".join(f"{label} {score:.2f}" for label, score in sorted(result.scores.items()))
+    line = f"{result.model}: {result.verdict or '-'}"
+    if scores:
+        line += f" ({scores})"
+    if result.flags:
+        line += f" flags={list(result.flags)}"
+    print(line)
+    if result.transcript.text:
+        print(f'  transcript [{result.transcript.language}]: "{result.transcript.text}"')
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from mmfusion.client import InspectionClient
+
+    with InspectionClient(args.server) as client:
+        for path in args.files:
+            if not Path(path).is_file():
+                raise InputError(f"image file {path!r} does not exist")
+            result = client.inspect(args.model, image=Path(path), text=args.text)
+            if not args.json:
+                print(f"{path}: ", end="")
+            _print_result(result, args.json)
+    return 0
+
+
+def _stream_images(source: Path) -> list:
+    """Frames of a video file (RGB arrays) or the image files of a folder in name order."""
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"folder {str(source)!r} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return files
+    from mmfusion.media import read_video_frames
+
+    return read_video_frames(source)
+
+
+def _paced(frames: Iterator, fps: float | None) -> Iterator:
+    """Yield frames no faster than `fps` (as fast as possible when None)."""
+    started = time.perf_counter()
+    for index, frame in enumerate(frames):
+        if fps:
+            delay = started + index / fps - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        yield frame
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from mmfusion.client import InspectionClient, frames_from_images, to_dict
+
+    source = Path(args.source)
+    if not source.exists():
+        raise InputError(f"stream source {args.source!r} does not exist; expected a video file or a folder of images")
+    if args.fps is not None and args.fps <= 0:
+        raise InputError(f"--fps {args.fps}: expected a positive frame rate")
+    images = _stream_images(source)
+    frames = _paced(frames_from_images(images, stream_id=args.stream_id, model=args.model), args.fps)
+    answered = skipped = 0
+    started = time.perf_counter()
+    with InspectionClient(args.server) as client:
+        for frame_result in client.stream(frames):
+            answered += 1
+            skipped += len(frame_result.skipped_sequence_numbers)
+            if args.json:
+                print(json.dumps(to_dict(frame_result)))
+                continue
+            result = frame_result.result
+            status = frame_result.error.message if frame_result.HasField("error") else result.verdict
+            score = f" {result.verdict_score:.2f}" if frame_result.HasField("result") else ""
+            dropped = f" (dropped {list(frame_result.skipped_sequence_numbers)})" if skipped else ""
+            print(f"frame {frame_result.sequence_number:4d}: {status}{score}{dropped}")
+    elapsed = time.perf_counter() - started
+    summary = {
+        "frames_sent": len(images),
+        "answered": answered,
+        "dropped": skipped,
+        "seconds": round(elapsed, 3),
+        "achieved_fps": round(answered / elapsed, 2) if elapsed else 0.0,
+    }
+    print(
+        json.dumps(summary)
+        if args.json
+        else f"{answered} of {len(images)} frames answered, {skipped} dropped, "
+        f"{summary['achieved_fps']} fps over {elapsed:.1f} s"
+    )
+    return 0
+
+
+def _cmd_audio(args: argparse.Namespace) -> int:
+    from mmfusion.client import InspectionClient
+
+    if not Path(args.file).is_file():
+        raise InputError(f"audio file {args.file!r} does not exist")
+    with InspectionClient(args.server) as client:
+        _print_result(client.analyze_audio(args.model, Path(args.file), text=args.text or ""), args.json)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register serve, inspect, stream and audio on the `mmfusion` parser."""
+    serve = sub.add_parser("serve", help="serve models over gRPC until SIGTERM/SIGINT")
+    serve.add_argument("models", nargs="*", help="model names in models/ or model folders")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--host", default="127.0.0.1", help="use [::] to listen on every interface")
+    serve.add_argument("--max-message-mb", type=int, default=64)
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight work on shutdown")
+    serve.add_argument("--backend", default="torch")
+    serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    batching = serve.add_argument_group("batching (every model; a per-model config block should follow)")
+    batching.add_argument("--max-batch-size", type=int, default=8, help="requests per backend call")
+    batching.add_argument(
+        "--max-queue-delay-us", type=int, default=2000, help="longest wait for a batch to fill, in microseconds"
+    )
+    batching.add_argument(
+        "--preferred-batch-size",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="dispatch as soon as N requests wait (repeatable)",
+    )
+    batching.add_argument(
+        "--max-queue-size", type=int, default=256, help="requests waiting per model before RESOURCE_EXHAUSTED"
+    )
+    caching = serve.add_argument_group("result cache (Inspect)")
+    caching.add_argument("--cache-mb", type=float, default=64, help="result cache size in MiB; 0 disables it")
+    caching.add_argument(
+        "--no-cache-model", action="append", default=[], metavar="NAME", help="never cache this model (repeatable)"
+    )
+    serve.set_defaults(run=_cmd_serve)
+
+    inspect = sub.add_parser("inspect", help="send images to a server (Inspect)")
+    inspect.add_argument("files", nargs="+", help="image files")
+    inspect.add_argument("--server", default=DEFAULT_SERVER)
+    inspect.add_argument("--model", default=DEFAULT_IMAGE_MODEL)
+    inspect.add_argument("--text", default=None, help="a note sent with every image")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(run=_cmd_inspect)
+
+    stream = sub.add_parser("stream", help="stream a video or a folder of images (StreamInspect)")
+    stream.add_argument("source", help="video file or folder of images")
+    stream.add_argument("--server", default=DEFAULT_SERVER)
+    stream.add_argument("--model", default=DEFAULT_IMAGE_MODEL)
+    stream.add_argument("--fps", type=float, default=None, help="send at this rate (default: as fast as possible)")
+    stream.add_argument("--stream-id", default="camera-0")
+    stream.add_argument("--json", action="store_true")
+    stream.set_defaults(run=_cmd_stream)
+
+    audio = sub.add_parser("audio", help="send an audio file to a server (AnalyzeAudio)")
+    audio.add_argument("file", help="audio file (WAV, FLAC, MP3, ...)")
+    audio.add_argument("--server", default=DEFAULT_SERVER)
+    audio.add_argument("--model", default=DEFAULT_AUDIO_MODEL)
+    audio.add_argument("--text", default=None)
+    audio.add_argument("--json", action="store_true")
+    audio.set_defaults(run=_cmd_audio)
