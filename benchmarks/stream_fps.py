@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from mmfusion.client import InspectionClient, image_message
-from mmfusion.media import decode_image
 from mmfusion.pipeline import Pipeline
 from mmfusion.proto import inspection_pb2 as pb
-from mmfusion.serving import build_server
 from mmfusion.types import Inputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,8 +31,8 @@ def percentile_ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1000) if values else float("nan")
 
 
-def naive_fps(pipeline: Pipeline, images: list[np.ndarray], seconds: float) -> float:
-    """PyTorch eager, one request at a time, no batching."""
+def naive_fps(pipeline: Pipeline, images: list[bytes], seconds: float) -> float:
+    """PyTorch eager, one JPEG at a time (decode included, as the service must), no batching."""
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         pipeline.predict(image=images[done % len(images)])
@@ -38,8 +40,8 @@ def naive_fps(pipeline: Pipeline, images: list[np.ndarray], seconds: float) -> f
     return done / (time.perf_counter() - started)
 
 
-def raw_backend_fps(pipeline: Pipeline, images: list[np.ndarray], batch_size: int, seconds: float) -> float:
-    """The same model in batches of `batch_size` through Pipeline.predict_batch: no gRPC, no queueing."""
+def raw_backend_fps(pipeline: Pipeline, images: list[bytes], batch_size: int, seconds: float) -> float:
+    """The same model on the same JPEGs in batches of `batch_size` (Pipeline.predict_batch): no gRPC, no queueing."""
     batch = [Inputs(image=images[i % len(images)]) for i in range(batch_size)]
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -107,6 +109,35 @@ def run_streams(address: str, model: str, count: int, payloads: list[bytes], sec
     }
 
 
+def start_server(model: str, max_batch_size: int) -> tuple[subprocess.Popen, str, str]:
+    """`mmfusion serve` in its own process (as deployed: no GIL shared with the cameras); its addresses."""
+    command = [
+        sys.executable,
+        "-m",
+        "mmfusion",
+        "serve",
+        model,
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--max-batch-size",
+        str(max_batch_size),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    address = metrics_url = None
+    for line in server.stdout:
+        if " on " in line and "serving" in line:
+            address = line.rsplit(" ", 1)[1].strip()
+        if "metrics on" in line:
+            metrics_url = line.rsplit(" ", 1)[1].strip()
+        if address and metrics_url:
+            break
+    if not (address and metrics_url):
+        raise RuntimeError(f"the server did not start: {' '.join(command)}")
+    return server, address, metrics_url
+
+
 def batch_histogram(metrics_text: str) -> dict[str, float]:
     """Cumulative batch-size bucket counts from the Prometheus text."""
     buckets = {}
@@ -127,21 +158,20 @@ def main() -> None:
     args = parser.parse_args()
 
     payloads = [path.read_bytes() for path in FRAMES]
-    images = [decode_image(data) for data in payloads]
     pipeline = Pipeline(args.model)
-    naive = naive_fps(pipeline, images, args.seconds)
-    raw = raw_backend_fps(pipeline, images, args.max_batch_size, args.seconds)
+    naive = naive_fps(pipeline, payloads, args.seconds)
+    raw = raw_backend_fps(pipeline, payloads, args.max_batch_size, args.seconds)
     pipeline.close()
 
-    server = build_server([args.model], port=0, max_batch_size=args.max_batch_size, metrics_port=0).start()
-    address = f"127.0.0.1:{server.port}"
+    server, address, metrics_url = start_server(args.model, args.max_batch_size)
     rows = []
     try:
         for count in (int(n) for n in args.streams.split(",")):
             rows.append(run_streams(address, args.model, count, payloads, args.seconds))
-        metrics_text = server.metrics.render().decode()
+        metrics_text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     finally:
-        server.stop(grace=5.0)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
 
     print(
         f"model {args.model}; naive eager (1 at a time) {naive:.1f} fps; raw backend (batch {args.max_batch_size}) "

@@ -67,7 +67,8 @@ class EfficientNetLite0Encoder(Encoder):
             from mmfusion.embedded import efficientnet_lite0_checkpoint
 
             self._load(str(efficientnet_lite0_checkpoint()))
-        self.net.eval()
+        # Depthwise convolutions run ~1.4x faster on CPU in channels-last layout (measured: benchmarks/).
+        self.net = self.net.to(memory_format=torch.channels_last).eval()
         # Index of the last block at each feature stride, found from the conv strides.
         self._stride_ends: dict[int, int] = {}
         stride = 2  # the stem
@@ -101,6 +102,7 @@ class EfficientNetLite0Encoder(Encoder):
 
     def _features(self, pixels: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         net = self.net
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
         x = net._swish(net._bn0(net._conv_stem(pixels)))  # (B, 32, S/2, S/2)
         maps: dict[int, torch.Tensor] = {}
         wanted = {index: stride for stride, index in self._stride_ends.items() if stride in FEATURE_STRIDES}

@@ -204,6 +204,30 @@ def test_malformed_requests_are_named_and_the_server_keeps_serving(client):
     assert client.inspect("tiny", image=png(RED)).verdict == "red"
 
 
+def _rss_mib() -> float:
+    """Resident memory of this process (the server runs in it), from /proc."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc (Linux only)")
+def test_memory_stays_bounded_under_a_stream_of_malformed_requests(client):
+    def one_round() -> None:
+        for request, _, _ in BAD_REQUESTS:
+            with pytest.raises(ServerError):
+                client._call(client.stub.Inspect, request)
+
+    for _ in range(3):  # warm up allocator pools and caches
+        one_round()
+    before = _rss_mib()
+    for _ in range(20):  # 20 x 16 malformed requests
+        one_round()
+    grown = _rss_mib() - before
+    assert grown < 40, f"RSS grew {grown:.1f} MiB over 320 malformed requests"
+    assert client.inspect("tiny", image=png(RED)).verdict == "red"
+
+
 def test_wrong_message_type_and_oversized_messages(server, client):
     random_bytes = np.random.default_rng(1).bytes(300)
     raw_call = client.channel.unary_unary("/mmfusion.v1.Inspection/Inspect")
