@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup clean
+.PHONY: run test lint setup clean system-deps
 
 setup: $(STAMP)
 
@@ -18,12 +18,33 @@ $(STAMP): setup.py pyproject.toml
 run: $(STAMP)
 	$(BIN)/mmfusion demo
 
-test: $(STAMP) lint
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmfusion tests benchmarks
 	$(BIN)/ruff format --check mmfusion tests benchmarks
+
+# System programs the TLS tests use: nginx (the TLS 1.3 front) and openssl. Installs them with apt-get
+# when missing and running as root; otherwise says what to install (the tests needing nginx then skip).
+SYSTEM_PATH := $(PATH):/usr/sbin:/sbin
+system-deps:
+	@missing=""; \
+	PATH="$(SYSTEM_PATH)" command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
+	PATH="$(SYSTEM_PATH)" command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -z "$$missing" ]; then echo "system-deps: nginx and openssl present"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "system-deps: missing:$$missing; install them as root (Debian: apt-get install nginx-light openssl);" \
+			"the TLS tests that need nginx will be skipped"; exit 0; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq; \
+	packages=""; \
+	case "$$missing" in *nginx*) \
+		if apt-cache show nginx-light >/dev/null 2>&1; then packages="nginx-light"; else packages="nginx"; fi;; esac; \
+	case "$$missing" in *openssl*) packages="$$packages openssl";; esac; \
+	echo "system-deps: apt-get install $$packages"; \
+	apt-get install -y -qq --no-install-recommends $$packages \
+		|| echo "system-deps: WARNING: apt-get install $$packages failed; the TLS tests that need nginx will skip"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -23,6 +23,8 @@ RUNTIME = [
     "grpcio-reflection>=1.85.1",
     "protobuf>=7.35.1",  # the generated stubs need this runtime
     "prometheus-client>=0.20",
+    "cryptography>=42",
+    "PyJWT>=2.8",
     # KServe v2 stubs; not tritonclient[grpc]: that extra pins protobuf<7 and our stubs need 7.
     "tritonclient>=2.73",
 ]
@@ -44,6 +46,7 @@ setup(
             "ruff>=0.6",
             "jiwer>=3.0",
             "grpcio-tools>=1.85.1",
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["mmfusion=mmfusion.cli:main"]},

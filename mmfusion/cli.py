@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from mmfusion.cli_serving import add_commands
+from mmfusion.cli_security import add_commands as add_security_commands
+from mmfusion.cli_serving import add_commands as add_serving_commands
 from mmfusion.config import ConfigError
 from mmfusion.types import InputError
 
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="folder for the annotated stream frames")
     demo.add_argument("--no-service", action="store_true", help="skip the gRPC server part")
     demo.set_defaults(run=_cmd_demo)
-    add_commands(sub)
+    add_serving_commands(sub)
+    add_security_commands(sub)
     return parser
 
 

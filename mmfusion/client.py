@@ -50,19 +50,64 @@ def _audio_source(source: bytes | str | Path) -> bytes:
     return source if isinstance(source, bytes) else Path(source).read_bytes()
 
 
+class _CredentialsInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds the `authorization` metadata to every call of a channel."""
+
+    def __init__(self, authorization: str) -> None:
+        self.metadata = (("authorization", authorization),)
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return details._replace(metadata=tuple(details.metadata or ()) + self.metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+
 class InspectionClient:
-    """A channel to one server; methods raise ServerError with the server's status and message."""
+    """A channel to one server; methods raise ServerError with the server's status and message.
+
+    `api_key` or `token` (a JWT) go in the `authorization` metadata of every call; `credentials`
+    (see mmfusion.security.tls.channel_credentials) make the channel TLS.
+    """
 
     def __init__(
-        self, target: str, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        target: str,
+        timeout: float | None = 60.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        api_key: str | None = None,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        if api_key is not None and token is not None:
+            raise ValueError("api_key and token: give one of them, not both")
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target, options=options)
+        if credentials is not None:
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        if api_key is not None or token is not None:
+            authorization = f"ApiKey {api_key}" if api_key is not None else f"Bearer {token}"
+            self.channel = grpc.intercept_channel(self.channel, _CredentialsInterceptor(authorization))
         self.stub = pb_grpc.InspectionStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 

@@ -15,7 +15,10 @@ from grpc_reflection.v1alpha import reflection
 
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
+from mmfusion.security.auth import AuthConfig
+from mmfusion.security.limits import RateLimit
 from mmfusion.serving.cache import ResultCache
+from mmfusion.serving.interceptors import SecurityInterceptor, ServerSecurity, build_security
 from mmfusion.serving.kserve import KSERVE_SERVICE_NAME, add_kserve_to_server
 from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.models import MIN_GRACE_SECONDS, ModelManager
@@ -41,6 +44,7 @@ class InspectionServer:
         cache: ResultCache,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        security: ServerSecurity | None = None,
     ) -> None:
         self.grpc_server = grpc_server
         self.port = port
@@ -50,7 +54,12 @@ class InspectionServer:
         self.cache = cache
         self.metrics_port = metrics_port  # the bound port once started (0 asks for any free port)
         self._metrics_host = metrics_host
+        self.security = security
         self._stopped = threading.Event()
+
+    def reload_security(self) -> bool:
+        """Re-read the API key and policy files (SIGHUP); a broken file keeps the previous contents."""
+        return self.security.reload() if self.security is not None else True
 
     def start(self) -> InspectionServer:
         """Serve /metrics (when a metrics port was given), then gRPC."""
@@ -76,6 +85,8 @@ class InspectionServer:
         self.grpc_server.stop(grace).wait()  # calls in flight wait on their queued work, which keeps being served
         self.models.close(max(deadline - time.monotonic(), MIN_GRACE_SECONDS))
         self.metrics.stop_http()
+        if self.security is not None:
+            self.security.close()  # after the models, so their unload events are audited
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops; True if it did within timeout."""
@@ -119,6 +130,13 @@ def build_server(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     no_cache_models: Sequence[str] = (),
     metrics_port: int | None = None,
+    auth: AuthConfig | None = None,
+    policy_path: str | Path | None = None,
+    audit_path: str | Path | None = None,
+    rate_limit: RateLimit | None = None,
+    server_credentials: grpc.ServerCredentials | None = None,
+    audit_cipher=None,
+    audit_fsync: str = "always",
 ) -> InspectionServer:
     """Load the models (names in the repository or folders), bind host:port (0 = any free port); not started.
 
@@ -127,6 +145,12 @@ def build_server(
     in `no_cache_models`; `metrics_port` (0 = any free port) serves Prometheus /metrics on the same
     host once started. A per-model `serving:` block in the model config should take over batching
     and caching.
+
+    Security (all off by default): `auth` authenticates every call (API keys / JWT), `policy_path`
+    is the RBAC policy (the built-in example policy when auth is given without one), `audit_path`
+    an audit log (fields encrypted with `audit_cipher`, a FieldCipher, when given; `audit_fsync`
+    "never" trades durability of the last events for throughput), `rate_limit`
+    per-caller call rate and stream cap, `server_credentials` serve TLS instead of plaintext.
     """
     batching = BatchingConfig(max_batch_size, max_queue_delay_us, tuple(preferred_batch_sizes), max_queue_size)
     metrics = ServiceMetrics()
@@ -134,14 +158,26 @@ def build_server(
     manager = ModelManager(model_root, batching=batching, metrics=metrics)
     health_servicer = health.HealthServicer()
     manager.add_listener(_on_model_change(health_servicer, manager, metrics, cache))
-    for model in models:
-        manager.load(model, backend=backend, allow_path=True)
+    security = build_security(auth, policy_path, audit_path, rate_limit, audit_cipher, audit_fsync)
+    if security is not None:
+        manager.add_listener(security.on_model_change)
+    try:
+        for model in models:
+            manager.load(model, backend=backend, allow_path=True)
+    except BaseException:
+        manager.close(0)
+        if security is not None:
+            security.close()
+        raise
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    interceptors = [SecurityInterceptor(security)] if security is not None else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=interceptors
+    )
     servicer = InspectionServicer(manager, max_audio_bytes, metrics, cache, frozenset(no_cache_models))
     pb_grpc.add_InspectionServicer_to_server(servicer, server)
     add_kserve_to_server(manager, server, metrics)
@@ -149,15 +185,24 @@ def build_server(
     services = (SERVICE_NAME, KSERVE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(services, server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        bound = (
+            server.add_secure_port(address, server_credentials)
+            if server_credentials is not None
+            else server.add_insecure_port(address)
+        )
     except RuntimeError as error:
         bound, reason = 0, str(error)
     else:
         reason = "the address is in use or not available"
     if bound == 0:
         manager.close(0)
+        if security is not None:
+            security.close()
         raise OSError(f"cannot listen on {host}:{port}: {reason}")
-    return InspectionServer(server, bound, manager, health_servicer, metrics, cache, metrics_port, host.strip("[]"))
+    return InspectionServer(
+        server, bound, manager, health_servicer, metrics, cache, metrics_port, host.strip("[]"), security
+    )
 
 
 def serve(
@@ -167,17 +212,40 @@ def serve(
     grace: float = DEFAULT_GRACE_SECONDS,
     **options,
 ) -> int:
-    """Run until SIGTERM or SIGINT, then stop gracefully; returns the exit status (0)."""
+    """Run until SIGTERM or SIGINT, then stop gracefully; with security on, SIGHUP re-reads keys and policy.
+
+    Returns the exit status (0).
+    """
     server = build_server(models, port=port, host=host, **options).start()
-    stop_requested = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop_requested.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop_requested, reload_requested = threading.Event(), threading.Event()
+    wake = threading.Event()
+
+    def request(event: threading.Event):
+        def handler(*_) -> None:
+            event.set()
+            wake.set()
+
+        return handler
+
+    handlers = {signal.SIGTERM: request(stop_requested), signal.SIGINT: request(stop_requested)}
+    if server.security is not None:
+        handlers[signal.SIGHUP] = request(reload_requested)
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     loaded = ", ".join(server.models.loaded_names()) or "no models"
     print(f"mmfusion: serving {loaded} on {host}:{server.port}", flush=True)
     if server.metrics_port is not None:
         print(f"mmfusion: metrics on http://{host}:{server.metrics_port}/metrics", flush=True)
     try:
-        while not stop_requested.wait(0.5):
-            pass
+        while not stop_requested.is_set():
+            wake.wait(0.5)
+            wake.clear()
+            if reload_requested.is_set():
+                reload_requested.clear()
+                ok = server.reload_security()
+                print(
+                    f"mmfusion: {'reloaded' if ok else 'kept the previous'} keys and access policy",
+                    flush=True,
+                )
     finally:
         server.stop(grace)
         for sig, handler in previous.items():

@@ -1,0 +1,1 @@
+"""Security: transport (TLS), authentication, authorisation, limits, audit log, encryption, model integrity."""
