@@ -41,6 +41,17 @@ def resolve_model_dir(model: str | Path) -> Path:
     )
 
 
+def verify_model_folder(model_dir: Path) -> None:
+    """Check a model folder against its sha256 manifest, when it has one, before anything is loaded."""
+    from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, verify_manifest
+
+    if (model_dir / MANIFEST_NAME).is_file():
+        try:
+            verify_manifest(model_dir)
+        except IntegrityError as error:
+            raise ConfigError(f"{model_dir}: refused to load: {error}") from None
+
+
 def build_graph(model_dir: str | Path, config: PipelineConfig | None = None) -> PipelineGraph:
     """Build encoders, fusion and heads of a model folder (random parts seeded from the config)."""
     load_all()
@@ -85,6 +96,7 @@ class Pipeline:
     def __init__(self, model_dir: str | Path, backend: str = "torch") -> None:
         load_all()
         self.model_dir = resolve_model_dir(model_dir)
+        verify_model_folder(self.model_dir)
         self.config = load_config(self.model_dir)
         self.graph = build_graph(self.model_dir, self.config)
         self._imprint_examples()

@@ -157,3 +157,14 @@ def test_example_label_must_be_declared(tmp_path):
     }
     with pytest.raises(ValueError, match=r"examples use labels \['green'\]"):
         Pipeline(tiny_model(tmp_path / "m", heads))
+
+
+def test_model_folder_with_manifest_is_verified_before_load(tmp_path):
+    from mmfusion.security.integrity import write_manifest
+
+    folder = tiny_model(tmp_path / "signed")
+    write_manifest(folder)
+    assert Pipeline(folder).predict(image=RED).outputs["colour"]["label"] == "red"
+    (folder / "red.png").write_bytes((folder / "blue.png").read_bytes())  # tampered example image
+    with pytest.raises(ConfigError, match=r"refused to load: .*'red.png'"):
+        Pipeline(folder)
