@@ -95,13 +95,13 @@ class Pipeline:
 
     def __init__(self, model_dir: str | Path, backend: str = "torch") -> None:
         load_all()
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r} is not known; allowed: {', '.join(BACKENDS.names())}")
         self.model_dir = resolve_model_dir(model_dir)
         verify_model_folder(self.model_dir)
         self.config = load_config(self.model_dir)
         self.graph = build_graph(self.model_dir, self.config)
         self._imprint_examples()
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r} is not known; allowed: {', '.join(BACKENDS.names())}")
         self.backend = BACKENDS.get(backend)()
         self.backend.load(self.model_dir, self.graph)
 
