@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,9 +118,8 @@ def _print_result(result, as_json: bool) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from mmfusion.client import InspectionClient
 
-    with InspectionClient(args.server) as client:
+    with _connect(args) as client:
         for path in args.files:
             if not Path(path).is_file():
                 raise InputError(f"image file {path!r} does not exist")
@@ -154,7 +154,7 @@ def _paced(frames: Iterator, fps: float | None) -> Iterator:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
-    from mmfusion.client import InspectionClient, frames_from_images, to_dict
+    from mmfusion.client import frames_from_images, to_dict
 
     source = Path(args.source)
     if not source.exists():
@@ -165,7 +165,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     frames = _paced(frames_from_images(images, stream_id=args.stream_id, model=args.model), args.fps)
     answered = skipped = 0
     started = time.perf_counter()
-    with InspectionClient(args.server) as client:
+    with _connect(args) as client:
         for frame_result in client.stream(frames):
             answered += 1
             skipped += len(frame_result.skipped_sequence_numbers)
@@ -195,13 +195,41 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 
 def _cmd_audio(args: argparse.Namespace) -> int:
-    from mmfusion.client import InspectionClient
 
     if not Path(args.file).is_file():
         raise InputError(f"audio file {args.file!r} does not exist")
-    with InspectionClient(args.server) as client:
+    with _connect(args) as client:
         _print_result(client.analyze_audio(args.model, Path(args.file), text=args.text or ""), args.json)
     return 0
+
+
+def _connect(args: argparse.Namespace):
+    """An InspectionClient from the shared client flags (server, API key or token, TLS)."""
+    from mmfusion.client import InspectionClient
+
+    credentials = None
+    if args.tls_ca:
+        from mmfusion.security.tls import channel_credentials
+
+        credentials = channel_credentials(args.tls_ca, args.tls_client_cert, args.tls_client_key)
+    elif args.tls_client_cert or args.tls_client_key:
+        raise InputError("--tls-client-cert/--tls-client-key need --tls-ca (the CA that signed the server)")
+    api_key = args.api_key or os.environ.get("MMFUSION_API_KEY") or None
+    token = args.token or os.environ.get("MMFUSION_TOKEN") or None
+    return InspectionClient(args.server, api_key=api_key, token=None if api_key else token, credentials=credentials)
+
+
+def _client_options() -> argparse.ArgumentParser:
+    """Flags every client subcommand shares: where the server is, how to authenticate, output format."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--server", default=DEFAULT_SERVER, help=f"HOST:PORT (default {DEFAULT_SERVER})")
+    options.add_argument("--api-key", default=None, help="API key (or env MMFUSION_API_KEY)")
+    options.add_argument("--token", default=None, help="JWT bearer token (or env MMFUSION_TOKEN)")
+    options.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA (PEM)")
+    options.add_argument("--tls-client-cert", metavar="FILE", help="client certificate for mutual TLS")
+    options.add_argument("--tls-client-key", metavar="FILE", help="client key for mutual TLS")
+    options.add_argument("--json", action="store_true", help="JSON output")
+    return options
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -261,27 +289,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tls.add_argument("--client-ca", metavar="FILE", help="require client certificates signed by this CA (mutual TLS)")
     serve.set_defaults(run=_cmd_serve)
 
-    inspect = sub.add_parser("inspect", help="send images to a server (Inspect)")
+    client_options = _client_options()
+    inspect = sub.add_parser("inspect", parents=[client_options], help="send images to a server (Inspect)")
     inspect.add_argument("files", nargs="+", help="image files")
-    inspect.add_argument("--server", default=DEFAULT_SERVER)
     inspect.add_argument("--model", default=DEFAULT_IMAGE_MODEL)
     inspect.add_argument("--text", default=None, help="a note sent with every image")
-    inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(run=_cmd_inspect)
 
-    stream = sub.add_parser("stream", help="stream a video or a folder of images (StreamInspect)")
+    stream = sub.add_parser(
+        "stream", parents=[client_options], help="stream a video or a folder of images (StreamInspect)"
+    )
     stream.add_argument("source", help="video file or folder of images")
-    stream.add_argument("--server", default=DEFAULT_SERVER)
     stream.add_argument("--model", default=DEFAULT_IMAGE_MODEL)
     stream.add_argument("--fps", type=float, default=None, help="send at this rate (default: as fast as possible)")
     stream.add_argument("--stream-id", default="camera-0")
-    stream.add_argument("--json", action="store_true")
     stream.set_defaults(run=_cmd_stream)
 
-    audio = sub.add_parser("audio", help="send an audio file to a server (AnalyzeAudio)")
+    audio = sub.add_parser("audio", parents=[client_options], help="send an audio file to a server (AnalyzeAudio)")
     audio.add_argument("file", help="audio file (WAV, FLAC, MP3, ...)")
-    audio.add_argument("--server", default=DEFAULT_SERVER)
     audio.add_argument("--model", default=DEFAULT_AUDIO_MODEL)
     audio.add_argument("--text", default=None)
-    audio.add_argument("--json", action="store_true")
     audio.set_defaults(run=_cmd_audio)

@@ -97,15 +97,20 @@ class StoredKey:
         return hmac.compare_digest(computed, self.digest)
 
 
+def read_yaml_file(path: Path, what: str):
+    """Parse a YAML file; an unreadable or malformed file is an InputError naming `what` and the path."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise InputError(f"{what} {path}: cannot read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{what} {path}: not YAML ({str(error).splitlines()[0]})") from None
+
+
 def load_api_keys(path: str | Path) -> tuple[StoredKey, ...]:
     """Parse `keys: [{id, role, hash}]`; errors name the file, the entry and the field."""
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise InputError(f"api key file {path}: cannot read ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise InputError(f"api key file {path}: not YAML ({str(error).splitlines()[0]})") from None
+    document = read_yaml_file(path, "api key file")
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise InputError(f"api key file {path}: expected a mapping with a 'keys' list of {{id, role, hash}}")
     keys, seen = [], set()

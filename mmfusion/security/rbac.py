@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-import yaml
-
+from mmfusion.security.auth import read_yaml_file
 from mmfusion.types import InputError
 
 LOG = logging.getLogger(__name__)
@@ -86,13 +85,7 @@ class Policy:
     @classmethod
     def from_file(cls, path: str | Path) -> Policy:
         path = Path(path)
-        try:
-            document = yaml.safe_load(path.read_text())
-        except OSError as error:
-            raise InputError(f"policy file {path}: cannot read ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise InputError(f"policy file {path}: not YAML ({str(error).splitlines()[0]})") from None
-        return cls.from_document(document, f"policy file {path}")
+        return cls.from_document(read_yaml_file(path, "policy file"), f"policy file {path}")
 
     def role(self, name: str) -> Role:
         role = self.roles.get(name)
