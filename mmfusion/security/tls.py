@@ -418,11 +418,34 @@ class NginxFront:
         except OSError:
             return False
 
-    def reload(self) -> None:
-        """Re-read the config and the cert/key files (SIGHUP): rotation without dropping open connections."""
+    def reload(self, timeout: float = NGINX_STOP_TIMEOUT_S) -> None:
+        """Re-read the config and the cert/key files (SIGHUP) and wait until only new workers accept."""
         if self.process is None or self.process.poll() is not None:
             raise RuntimeError("nginx is not running; start() it first")
+        old_workers = self.workers()
         self.process.send_signal(signal.SIGHUP)
+        # old workers keep accepting until the master tells them to quit; wait for them so that every
+        # new connection after reload() returns gets the new certificate (open connections may keep one longer)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = self.workers()
+            if current and not current & old_workers:
+                return
+            time.sleep(0.05)
+
+    def workers(self) -> set[int]:
+        """Process ids of the master's current worker processes (empty where /proc is unavailable)."""
+        if self.process is None:
+            return set()
+        workers = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+            except (OSError, IndexError):
+                continue  # the process exited while we looked
+            if fields[0] != "Z" and int(fields[1]) == self.process.pid:
+                workers.add(int(stat.parent.name))
+        return workers
 
     def stop(self) -> None:
         """Fast shutdown (SIGTERM), then SIGKILL if it lingers."""
