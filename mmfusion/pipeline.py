@@ -19,6 +19,7 @@ from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, load_all
 from mmfusion.types import InputError, Inputs, Modality, Prediction
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+FITTED_DIR = "fitted"  # fitted/<head name>/: what a head learned from data (memory bank, weights, calibration)
 
 
 def models_root() -> Path:
@@ -102,6 +103,7 @@ class Pipeline:
         self.config = load_config(self.model_dir)
         self.graph = build_graph(self.model_dir, self.config)
         self._imprint_examples()
+        self._load_fitted()
         self.backend = BACKENDS.get(backend)()
         self.backend.load(self.model_dir, self.graph)
 
@@ -121,6 +123,8 @@ class Pipeline:
         for modality in batch[0].present():
             encoder = self.encoder(modality)
             items = [getattr(item, modality.value) for item in batch]
+            if encoder.uses_reference:
+                items = [(item.image, item.reference) for item in batch]
             for name, array in encoder.preprocess(items).items():
                 arrays[input_name(modality, name)] = array
         return arrays
@@ -145,7 +149,22 @@ class Pipeline:
                 f"{self.name} has no encoder for {', '.join(unsupported)}; "
                 f"it reads {', '.join(m.value for m in self.modalities)}"
             )
-        return replace(inputs, **{m.value: _coerce(m, getattr(inputs, m.value)) for m in present})
+        coerced = {m.value: _coerce(m, getattr(inputs, m.value)) for m in present}
+        image_encoder = self.graph.encoders[Modality.IMAGE.value] if Modality.IMAGE in self.config.encoders else None
+        needs_reference = image_encoder is not None and image_encoder.uses_reference and inputs.image is not None
+        if inputs.reference is not None and not needs_reference:
+            raise InputError(f"reference_image: {self.name} does not compare against a reference image")
+        if needs_reference:
+            if inputs.reference is None:
+                raise InputError(f"reference_image: missing; {self.name} compares each image with its golden template")
+            reference = _coerce(Modality.IMAGE, inputs.reference)
+            if reference.shape != coerced["image"].shape:
+                raise InputError(
+                    f"reference_image: size {reference.shape[1]}x{reference.shape[0]} differs from the image's "
+                    f"{coerced['image'].shape[1]}x{coerced['image'].shape[0]}; expected an aligned pair"
+                )
+            coerced["reference"] = reference
+        return replace(inputs, **coerced)
 
     def predict_batch(self, batch: list[Inputs]) -> list[Prediction]:
         """Predict many items; items are grouped by which modalities they carry and run in batches."""
@@ -196,6 +215,13 @@ class Pipeline:
                 fused = self.graph.fuse({k: torch.from_numpy(v) for k, v in arrays.items()})
                 by_label[example.label].append(fused.pooled[0])
             head.imprint({label: torch.stack(vectors) for label, vectors in by_label.items()})
+
+    def _load_fitted(self) -> None:
+        """Give heads that learn from data (`load_fitted`) their artifacts from `fitted/<head>/`."""
+        for head_name, head in self.graph.heads.items():
+            folder = self.model_dir / FITTED_DIR / head_name
+            if hasattr(head, "load_fitted") and folder.is_dir():
+                head.load_fitted(folder)
 
     def close(self) -> None:
         self.backend.close()

@@ -25,11 +25,15 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Embedding:
-    """Encoder or fusion output: tokens (B, L, D), pooled (B, D), mask (B, L) with True = valid token."""
+    """Encoder or fusion output: tokens (B, L, D), pooled (B, D), mask (B, L) with True = valid token.
+
+    `grid` is (h, w) when the tokens are the cells of a spatial feature map in row-major order (L = h * w).
+    """
 
     tokens: torch.Tensor
     pooled: torch.Tensor
     mask: torch.Tensor
+    grid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.dim() != 3 or self.pooled.dim() != 2 or self.mask.dim() != 2:
@@ -44,6 +48,8 @@ class Embedding:
                 f"Embedding shapes disagree: tokens {tuple(self.tokens.shape)}, "
                 f"pooled {tuple(self.pooled.shape)}, mask {tuple(self.mask.shape)}"
             )
+        if self.grid is not None and self.grid[0] * self.grid[1] != self.tokens.shape[1]:
+            raise ValueError(f"Embedding grid {self.grid} does not cover {self.tokens.shape[1]} tokens")
 
     @property
     def batch_size(self) -> int:
@@ -66,13 +72,15 @@ class Inputs:
     """Raw inputs for one prediction; any subset of modalities may be present.
 
     image: (H, W, 3) uint8 RGB; video: a file path or a list of RGB frames;
-    audio: float32 mono waveform at 16 kHz; text: a string.
+    audio: float32 mono waveform at 16 kHz; text: a string; reference: the golden template
+    (H, W, 3) uint8 RGB that `image` is compared with, for encoders that read pairs.
     """
 
     image: np.ndarray | None = None
     video: str | list[np.ndarray] | None = None
     audio: np.ndarray | None = None
     text: str | None = None
+    reference: np.ndarray | None = None
 
     def present(self) -> list[Modality]:
         return [m for m in Modality if getattr(self, m.value) is not None]

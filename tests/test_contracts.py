@@ -69,27 +69,41 @@ def random_embeddings(dims: dict[Modality, int], batch: int = 2, seed: int = 0) 
 FUSION_DIMS = {Modality.IMAGE: 24, Modality.TEXT: 16}
 
 
+def fusion_dims(name: str) -> dict[Modality, int]:
+    """The widths the contract builds a fusion with: one modality for single-modality fusions."""
+    return dict(list(FUSION_DIMS.items())[:1]) if FUSIONS.get(name).single_modality else FUSION_DIMS
+
+
 def build_fusion(name: str):
     fusion_class = FUSIONS.get(name)
     torch.manual_seed(0)
-    return fusion_class(fusion_class.Params(**fusion_class.example_params), FUSION_DIMS).eval()
+    return fusion_class(fusion_class.Params(**fusion_class.example_params), fusion_dims(name)).eval()
 
 
 @pytest.mark.parametrize("name", FUSIONS.names())
 def test_fusion_contract(name):
     fusion = build_fusion(name)
-    embeddings = random_embeddings(FUSION_DIMS)
+    dims = fusion_dims(name)
+    embeddings = random_embeddings(dims)
     with torch.no_grad():
         fused = fusion(embeddings)
         assert fused.pooled.shape == (2, fusion.output_dim)
         assert fused.tokens.shape[0] == 2 and fused.tokens.shape[2] == fusion.output_dim
         assert fused.mask.dtype == torch.bool
         torch.testing.assert_close(fusion(embeddings).pooled, fused.pooled)
-        for missing in FUSION_DIMS:
+        for missing in dims if len(dims) > 1 else ():
             partial = {m: e for m, e in embeddings.items() if m is not missing}
             assert fusion(partial).pooled.shape == (2, fusion.output_dim)
         with pytest.raises(ValueError):
             fusion({})
+
+
+def test_single_modality_fusion_refuses_several():
+    for name in FUSIONS.names():
+        if FUSIONS.get(name).single_modality:
+            fusion_class = FUSIONS.get(name)
+            with pytest.raises(ValueError, match="exactly one modality"):
+                fusion_class(fusion_class.Params(**fusion_class.example_params), FUSION_DIMS)
 
 
 HEAD_SPEC_LABELS = ["scratch", "dent", "stain"]
@@ -101,7 +115,13 @@ def test_head_contract(name):
     spec = HeadSpec(name=name, labels=HEAD_SPEC_LABELS, thresholds={"dent": 0.9})
     torch.manual_seed(0)
     head = head_class(head_class.Params(**head_class.example_params), 32, spec).eval()
-    fused = Embedding.from_pooled(torch.randn(4, 32))
+    if head_class.example_grid is None:
+        fused = Embedding.from_pooled(torch.randn(4, 32))
+    else:
+        height, width = head_class.example_grid
+        tokens = torch.randn(4, height * width, 32)  # (B, h*w, D)
+        mask = torch.ones(4, height * width, dtype=torch.bool)
+        fused = Embedding(tokens=tokens, pooled=tokens.mean(1), mask=mask, grid=(height, width))
     with torch.no_grad():
         outputs = head(fused)
     assert outputs and all(value.shape[0] == 4 for value in outputs.values())

@@ -24,6 +24,8 @@ class Encoder(nn.Module):
     input_names: ClassVar[tuple[str, ...]] = ()
     registry_name: ClassVar[str]
     example_params: ClassVar[dict] = {}
+    uses_reference: ClassVar[bool] = False
+    """True for image encoders that compare with a golden template: preprocess gets (image, reference) pairs."""
     """Tiny, fast, random-weight (or embedded) params that the contract tests build this encoder with."""
     output_dim: int
 

@@ -16,6 +16,8 @@ class Fusion(nn.Module):
     Params: ClassVar[type[PartParams]] = PartParams
     registry_name: ClassVar[str]
     example_params: ClassVar[dict] = {}
+    single_modality: ClassVar[bool] = False
+    """True when the fusion takes exactly one modality (contract tests build it with one)."""
     """Small params that the contract tests build this part with."""
     output_dim: int
 

@@ -18,6 +18,8 @@ class Head(nn.Module):
     Params: ClassVar[type[PartParams]] = PartParams
     registry_name: ClassVar[str]
     example_params: ClassVar[dict] = {}
+    example_grid: ClassVar[tuple[int, int] | None] = None
+    """(h, w) for heads that read a spatial token grid: contract tests then feed (B, h*w, D) tokens."""
     """Small params that the contract tests build this part with."""
 
     def __init__(self, params: PartParams, input_dim: int, spec: HeadSpec) -> None:

@@ -96,9 +96,9 @@ def decode_audio_bytes(data: bytes, encoding: int, sample_rate: int, channels: i
 
 def inputs_from_request(request: pb.InspectRequest) -> Inputs:
     """The Inputs of an InspectRequest, decoded; a request with no input at all is an error."""
-    if request.HasField("reference_image"):
-        raise InputError("reference_image: no head of this server compares against a reference image yet")
     fields: dict[str, Any] = {}
+    if request.HasField("reference_image"):
+        fields["reference"] = image_from_proto(request.reference_image, "reference_image")
     if request.HasField("image"):
         fields["image"] = image_from_proto(request.image, "image")
     if request.frames:

@@ -1,0 +1,1 @@
+"""Datasets: manifests (CSV with paths relative to the manifest) and what reads them."""
