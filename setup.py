@@ -27,7 +27,18 @@ RUNTIME = [
     "PyJWT>=2.8",
     # KServe v2 stubs; not tritonclient[grpc]: that extra pins protobuf<7 and our stubs need 7.
     "tritonclient>=2.73",
+    "scikit-learn>=1.4",  # ROC/PR curves and AUROC in evaluation reports
+    "scipy>=1.11",
+    "matplotlib>=3.8",  # evaluation and A/B report charts
+    "tqdm>=4.66",
+    "rich>=13",
+    "jsonschema>=4.21",  # report schemas
+    "rapidfuzz>=3.6",  # ASR-tolerant phrase matching
+    "sacrebleu>=2.4",
+    "rouge-score>=0.1.2",
 ]
+ONNX = ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.5"]
+TRAIN = ["peft>=0.12", "imagehash>=4.3", "datasketch>=1.6"]
 
 setup(
     name="mmfusion",
@@ -35,12 +46,15 @@ setup(
     description="Multimodal inspection and analysis pipelines: encoders -> fusion -> heads, served over gRPC.",
     python_requires=">=3.11",
     packages=find_packages(include=["mmfusion", "mmfusion.*"]),
+    package_data={"mmfusion": ["prompts/templates/*.yaml", "audio/*.yaml"]},
     install_requires=RUNTIME,
     extras_require={
-        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "onnx": ONNX,
         "tensorrt": ["tensorrt>=10"],
-        "train": ["peft>=0.12"],
+        "train": TRAIN,
         "dev": [
+            *ONNX,
+            *TRAIN,
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",

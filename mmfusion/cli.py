@@ -9,6 +9,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from mmfusion.cli_audio import add_commands as add_audio_commands
+from mmfusion.cli_data import add_commands as add_data_commands
+from mmfusion.cli_defects import add_commands as add_defect_commands
+from mmfusion.cli_prompts import add_commands as add_prompt_commands
+from mmfusion.cli_runtime import add_commands as add_runtime_commands
 from mmfusion.cli_security import add_commands as add_security_commands
 from mmfusion.cli_serving import add_commands as add_serving_commands
 from mmfusion.config import ConfigError
@@ -109,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
     add_serving_commands(sub)
     add_security_commands(sub)
+    add_defect_commands(sub)
+    add_runtime_commands(sub)
+    add_audio_commands(sub)
+    add_prompt_commands(sub)
+    add_data_commands(sub)
     return parser
 
 

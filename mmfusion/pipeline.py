@@ -185,6 +185,14 @@ class Pipeline:
                 )
         return results  # type: ignore[return-value]
 
+    def raw_outputs(self, batch: list[Inputs]) -> dict[str, np.ndarray]:
+        """The backend's graph outputs ('<head>.<key>' arrays) for items carrying the same modalities."""
+        prepared = [self.prepare(item) for item in batch]
+        kinds = {tuple(item.present()) for item in prepared}
+        if len(kinds) != 1:
+            raise InputError(f"raw_outputs: items carry different modalities {sorted(kinds)}; batch them apart")
+        return self.backend.run(self._preprocess(prepared))
+
     def predict(self, inputs: Inputs | None = None, **fields: Any) -> Prediction:
         """Predict one item: `predict(Inputs(...))` or `predict(image=..., text=...)`."""
         return self.predict_batch([inputs if inputs is not None else Inputs(**fields)])[0]

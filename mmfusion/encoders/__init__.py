@@ -2,6 +2,7 @@
 
 from mmfusion.encoders import (  # noqa: F401  (imported for registration)
     image_efficientnet,
+    image_golden_template,
     image_open_clip,
     speech_faster_whisper,
     speech_whisper,

@@ -1,3 +1,11 @@
 """Task heads: turn a fused Embedding into task outputs."""
 
-from mmfusion.heads import classification, embedding, multilabel  # noqa: F401  (imported for registration)
+from mmfusion.heads import (  # noqa: F401  (imported for registration)
+    anomaly,
+    audio,
+    classification,
+    detection,
+    embedding,
+    multilabel,
+    report,
+)
