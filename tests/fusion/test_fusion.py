@@ -16,6 +16,7 @@ IMAGE, TEXT, AUDIO = Modality.IMAGE, Modality.TEXT, Modality.AUDIO
 INPUT_DIMS = {IMAGE: 16, TEXT: 24, AUDIO: 8}
 LENGTHS = {IMAGE: 5, TEXT: 7, AUDIO: 3}
 BATCH = 3
+MULTI_MODAL = [name for name in FUSIONS.names() if not FUSIONS.get(name).single_modality]
 
 
 def make_embedding(dim: int, length: int, batch: int = BATCH, valid: list[int] | None = None) -> Embedding:
@@ -43,7 +44,7 @@ def test_the_three_fusions_are_registered():
     assert {"early", "late", "cross_attention"} <= set(FUSIONS.names())
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_output_is_an_embedding_of_output_dim(name):
     fusion = build(name)
     out = fusion(make_inputs())
@@ -56,7 +57,7 @@ def test_output_is_an_embedding_of_output_dim(name):
 
 
 @pytest.mark.parametrize("absent", list(INPUT_DIMS))
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_each_single_modality_may_be_absent(name, absent):
     fusion = build(name)
     inputs = {m: e for m, e in make_inputs().items() if m != absent}
@@ -66,13 +67,13 @@ def test_each_single_modality_may_be_absent(name, absent):
     assert torch.isfinite(out.pooled).all()
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_no_modality_is_a_value_error(name):
     with pytest.raises(ValueError, match="at least one modality"):
         build(name)({})
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_unknown_modality_is_a_value_error(name):
     fusion = build(name, {IMAGE: 16, TEXT: 24})
     inputs = make_inputs()
@@ -80,7 +81,7 @@ def test_unknown_modality_is_a_value_error(name):
         fusion(inputs)
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_wrong_input_width_names_modality_and_widths(name):
     fusion = build(name)
     inputs = make_inputs()
@@ -89,7 +90,7 @@ def test_wrong_input_width_names_modality_and_widths(name):
         fusion(inputs)
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_eval_mode_is_deterministic(name):
     overrides = {"dropout": 0.2} if "dropout" in FUSIONS.get(name).Params.model_fields else {}
     fusion = build(name, **overrides)
@@ -100,7 +101,7 @@ def test_eval_mode_is_deterministic(name):
     assert torch.equal(first.mask, second.mask)
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_modality_order_does_not_depend_on_dict_order(name):
     fusion = build(name)
     inputs = make_inputs()
@@ -108,7 +109,7 @@ def test_modality_order_does_not_depend_on_dict_order(name):
     torch.testing.assert_close(fusion(inputs).pooled, fusion(reordered).pooled)
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_empty_input_dims_is_rejected(name):
     cls = FUSIONS.get(name)
     with pytest.raises(ValueError, match="input_dims"):
@@ -350,8 +351,27 @@ def test_late_weights_must_cover_every_encoder():
         build("late", {IMAGE: 16, TEXT: 24}, weights={"image": 1.0})
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", MULTI_MODAL)
 def test_example_params_validate(name):
     cls = FUSIONS.get(name)
     params = cls.Params(**cls.example_params)
     assert cls.Params.model_validate(params.model_dump()) == params
+
+
+def test_identity_passes_one_modality_through_with_its_grid():
+    fusion = build("identity", {IMAGE: 16})
+    tokens = torch.randn(2, 6, 16)  # (B, h*w, D)
+    embedding = Embedding(tokens=tokens, pooled=tokens.mean(1), mask=torch.ones(2, 6, dtype=torch.bool), grid=(2, 3))
+    fused = fusion({IMAGE: embedding})
+    assert fused is embedding and fused.grid == (2, 3) and fusion.output_dim == 16
+    with pytest.raises(ValueError, match="built for image"):
+        fusion({TEXT: make_embedding(16, 4)})
+    with pytest.raises(ValueError, match="exactly one modality"):
+        build("identity", {IMAGE: 16, TEXT: 24})
+
+
+def test_embedding_grid_must_cover_the_tokens():
+    with pytest.raises(ValueError, match="grid"):
+        Embedding(
+            tokens=torch.zeros(1, 6, 4), pooled=torch.zeros(1, 4), mask=torch.ones(1, 6, dtype=torch.bool), grid=(2, 2)
+        )
