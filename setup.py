@@ -61,6 +61,7 @@ setup(
             "jiwer>=3.0",
             "grpcio-tools>=1.85.1",
             "hypothesis>=6.100",
+            "soundfile>=0.12",
         ],
     },
     entry_points={"console_scripts": ["mmfusion=mmfusion.cli:main"]},

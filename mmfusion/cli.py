@@ -57,7 +57,29 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         labels = f" labels={spec.labels}" if spec.labels else ""
         thresholds = f" thresholds={spec.thresholds}" if spec.thresholds else ""
         print(f"  head {head_name:9s} {spec.name}{labels}{thresholds}")
+    _describe_runtime(model_dir, config)
     return 0
+
+
+def _describe_runtime(model_dir: Path, config) -> None:
+    """The runtime block and every export under versions/ (verified against its sha256 manifest)."""
+    from mmfusion.runtime.exported import folder_size, list_exports
+
+    runtime = config.runtime.model_dump(exclude_defaults=True)
+    print(f"  runtime        {config.runtime.backend} {runtime or ''}")
+    exports = list_exports(model_dir)
+    if not exports:
+        print(f"  exports        none (make one with `mmfusion export {config.name} --backend onnx`)")
+    for folder, info, status in exports:
+        where = folder.relative_to(model_dir).as_posix()
+        if info is None:
+            print(f"  export {where}: REFUSED: {status}")
+            continue
+        size = folder_size(folder) / 1e6
+        print(f"  export {where}: {info.precision}, groups {', '.join(info.graphs)}, {size:.1f} MB, {status}")
+        full = max(info.graphs.values(), key=lambda graph: len(graph.inputs))
+        print(f"    inputs  {'; '.join(spec.describe() for spec in full.inputs)}")
+        print(f"    outputs {'; '.join(spec.describe() for spec in full.outputs)}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -73,8 +95,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not inputs.present():
         raise InputError("predict needs at least one of --image, --video, --audio, --text")
     pipeline = Pipeline(args.model, backend=args.backend)
+    if args.audio:
+        from mmfusion.cli_audio import predict_call
+
+        if predict_call(pipeline, Path(args.audio), args.json):  # call-centre models: speakers, labels, flags
+            return 0
     prediction = pipeline.predict(inputs)
     result = prediction.to_dict()
+    if args.image:
+        from mmfusion.cli_defects import describe_maps
+
+        describe_maps(result, Path(args.image), args.overlay)  # anomaly maps: summarised; an overlay PNG on request
     for head in result["outputs"].values():
         if "embedding" in head and not args.json:
             head["embedding"] = f"<{len(head['embedding'])} floats>"
@@ -104,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--video", help="video file")
     predict.add_argument("--audio", help="audio file (WAV, FLAC, MP3, ...)")
     predict.add_argument("--text", help="text")
-    predict.add_argument("--backend", default="torch")
+    predict.add_argument(
+        "--backend", default=None, help="torch | onnxruntime | tensorrt (default: the model's runtime: block)"
+    )
     predict.add_argument("--json", action="store_true", help="one line of JSON")
+    predict.add_argument("--overlay", help="PNG file for the image with its anomaly heatmap and boxes")
     predict.set_defaults(run=_cmd_predict)
     demo = sub.add_parser("demo", help="run the embedded models on the sample inputs")
     demo.add_argument("--samples", default=None, help="folder of sample inputs (default: the repo's samples/)")

@@ -113,7 +113,11 @@ def _print_result(result, as_json: bool) -> None:
     if result.flags:
         line += f" flags={list(result.flags)}"
     print(line)
-    if result.transcript.text:
+    if "call" in result.heads and result.heads["call"].kind == "call_analysis":
+        from mmfusion.audio.render import render_call
+
+        print(render_call(to_dict(result.heads["call"])["extra"]))
+    elif result.transcript.text:
         print(f'  transcript [{result.transcript.language}]: "{result.transcript.text}"')
 
 
@@ -240,7 +244,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="use [::] to listen on every interface")
     serve.add_argument("--max-message-mb", type=int, default=64)
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight work on shutdown")
-    serve.add_argument("--backend", default="torch")
+    serve.add_argument(
+        "--backend", default=None, help="torch | onnxruntime | tensorrt for every model (default: their runtime:)"
+    )
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     batching = serve.add_argument_group("batching (every model; a per-model config block should follow)")
     batching.add_argument("--max-batch-size", type=int, default=8, help="requests per backend call")

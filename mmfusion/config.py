@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from mmfusion.registry import ENCODERS, FUSIONS, HEADS, Registry, load_all
+from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, Registry, load_all
 from mmfusion.types import Modality
 
 CONFIG_FILE = "config.yaml"
@@ -104,6 +104,53 @@ class HeadSpec(PartSpec):
         return self
 
 
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BACKEND_PRECISIONS = {
+    "torch": ("fp32", "fp16", "bf16"),
+    "onnxruntime": ("fp32", "fp16", "int8"),
+    "tensorrt": PRECISIONS,
+}
+
+
+class RuntimeSpec(BaseModel):
+    """The `runtime:` block: which backend runs the graph, at what precision, on which device and threads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = "torch"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] | None = None
+    """None: fp32 on torch, whatever was exported on onnxruntime/tensorrt; else checked against the export."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    inter_op_threads: int | None = Field(default=None, ge=1, le=1024)
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    providers: list[str] | None = None
+    """onnxruntime execution providers in order of preference; default: the best the installed package has."""
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _check_name(BACKENDS, name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuntimeSpec:
+        allowed = BACKEND_PRECISIONS.get(self.backend, PRECISIONS)
+        if self.precision is not None and self.precision not in allowed:
+            raise ValueError(
+                f"precision {self.precision} is not available on {self.backend}; allowed: {', '.join(allowed)}"
+            )
+        if self.backend == "torch" and self.precision in ("fp16", "bf16") and self.device != "cuda":
+            raise ValueError(f"precision {self.precision} on torch needs device: cuda (CPU runs fp32)")
+        if self.backend == "tensorrt" and self.device != "cuda":
+            raise ValueError("backend tensorrt runs on NVIDIA GPUs only; set device: cuda")
+        if self.compile and self.backend != "torch":
+            raise ValueError(f"compile: true applies to the torch backend only, not {self.backend}")
+        if self.providers is not None and self.backend != "onnxruntime":
+            raise ValueError(f"providers apply to the onnxruntime backend only, not {self.backend}")
+        return self
+
+
 class PipelineConfig(BaseModel):
     """One pipeline: encoders per modality -> fusion -> named heads."""
 
@@ -116,6 +163,7 @@ class PipelineConfig(BaseModel):
     fusion: FusionSpec
     heads: dict[str, HeadSpec]
     seed: int = 0
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
 
     @field_validator("encoders")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,10 @@ import numpy as np
 from mmfusion.types import InputError
 
 SAMPLE_RATE = 16_000
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 192_000
+MAX_AUDIO_SECONDS = 4 * 3600  # one clip or call; longer recordings are split before analysis
+UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)  # streamed WAVs write these when the length was not known
 
 
 def _read_bytes(source: str | Path | bytes, what: str) -> bytes:
@@ -80,11 +85,36 @@ def check_audio(waveform: np.ndarray, name: str = "audio") -> np.ndarray:
     return waveform.astype(np.float32, copy=False)
 
 
+def check_wav_header(data: bytes, name: str = "audio", max_seconds: float = MAX_AUDIO_SECONDS) -> None:
+    """Refuse a WAV whose header has an impossible sample rate or claims more than `max_seconds` of audio."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return
+    offset, rate, byte_rate = 12, None, 0
+    while offset + 8 <= len(data):
+        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
+        if chunk_id == b"fmt " and offset + 24 <= len(data):
+            channels, rate, byte_rate = struct.unpack("<HII", data[offset + 10 : offset + 20])
+            if not channels:
+                raise InputError(f"{name}: WAV header has 0 channels; expected 1 or more")
+            if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+                raise InputError(
+                    f"{name}: WAV header sample rate {rate} Hz; expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+                )
+        elif chunk_id == b"data":
+            if rate is not None and byte_rate and size not in UNKNOWN_WAV_SIZES and size / byte_rate > max_seconds:
+                raise InputError(
+                    f"{name}: WAV header claims {size / byte_rate:.1f} s of audio; expected at most {max_seconds:.0f} s"
+                )
+            return
+        offset += 8 + size + (size & 1)
+
+
 def decode_audio(source: str | Path | bytes, name: str = "audio") -> np.ndarray:
     """Decode an audio file or bytes (WAV, FLAC, MP3, OGG, ...) to 16 kHz mono float32."""
     data = _read_bytes(source, name)
     if not data:
         raise InputError(f"{name}: empty bytes; expected an audio file (WAV, FLAC, MP3, OGG, ...)")
+    check_wav_header(data, name)
     try:
         from faster_whisper.audio import decode_audio as av_decode
 

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfusion.config import ConfigError, PipelineConfig, load_config, validate_params
+from mmfusion.config import ConfigError, PipelineConfig, RuntimeSpec, load_config, validate_params
 from mmfusion.encoders.base import Encoder
 from mmfusion.graph import PipelineGraph, input_name, output_name
 from mmfusion.media import check_audio, check_image, decode_audio, decode_image
 from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, load_all
+from mmfusion.training.versions import load_version_config, load_version_weights, version_folder
 from mmfusion.types import InputError, Inputs, Modality, Prediction
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -78,6 +79,17 @@ def build_graph(model_dir: str | Path, config: PipelineConfig | None = None) -> 
     return PipelineGraph(encoders, fusion, heads).eval()
 
 
+def runtime_for(config: PipelineConfig, backend: str | RuntimeSpec | None) -> RuntimeSpec:
+    """The config's `runtime:` block, or a named backend's defaults (keeping the thread counts) when overridden."""
+    if isinstance(backend, RuntimeSpec):
+        return backend
+    if backend is None or backend == config.runtime.backend:
+        return config.runtime
+    threads = {"threads": config.runtime.threads, "inter_op_threads": config.runtime.inter_op_threads}
+    device = "cuda" if backend == "tensorrt" else config.runtime.device
+    return RuntimeSpec(backend=backend, device=device, **threads)
+
+
 def _coerce(modality: Modality, value: Any) -> Any:
     """Decode files/bytes into arrays; check arrays; leave video paths and text as they are."""
     if modality is Modality.IMAGE:
@@ -94,18 +106,33 @@ def _coerce(modality: Modality, value: Any) -> Any:
 class Pipeline:
     """A model folder made runnable: preprocess (numpy) -> backend.run -> postprocess."""
 
-    def __init__(self, model_dir: str | Path, backend: str = "torch") -> None:
+    def __init__(
+        self, model_dir: str | Path, backend: str | RuntimeSpec | None = None, version: int | None = None
+    ) -> None:
         load_all()
-        if backend not in BACKENDS:
+        if isinstance(backend, str) and backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r} is not known; allowed: {', '.join(BACKENDS.names())}")
         self.model_dir = resolve_model_dir(model_dir)
         verify_model_folder(self.model_dir)
-        self.config = load_config(self.model_dir)
+        # A trained version (versions/<n>/: config.yaml + weights) when asked for or promoted to `current`.
+        self.version_dir = version_folder(self.model_dir, version)
+        if self.version_dir is None:
+            self.config = load_config(self.model_dir)
+        else:
+            self.config = load_version_config(self.model_dir, self.version_dir)
         self.graph = build_graph(self.model_dir, self.config)
         self._imprint_examples()
         self._load_fitted()
-        self.backend = BACKENDS.get(backend)()
-        self.backend.load(self.model_dir, self.graph)
+        if self.version_dir is not None:
+            load_version_weights(self.graph, self.version_dir)
+        runtime = runtime_for(self.config, backend)
+        self.backend = BACKENDS.get(runtime.backend)(runtime)
+        self.backend.load(self.model_dir, self.graph, version=self.version)
+
+    @property
+    def version(self) -> int:
+        """The served version: the trained version's number, else the config's `version`."""
+        return int(self.version_dir.name) if self.version_dir is not None else self.config.version
 
     @property
     def name(self) -> str:
@@ -129,12 +156,17 @@ class Pipeline:
                 arrays[input_name(modality, name)] = array
         return arrays
 
-    def _postprocess(self, outputs: dict[str, np.ndarray], size: int) -> list[dict[str, Any]]:
-        per_item: list[dict[str, Any]] = [{} for _ in range(size)]
+    def _postprocess(self, outputs: dict[str, np.ndarray], group: list[Inputs]) -> list[dict[str, Any]]:
+        per_item: list[dict[str, Any]] = [{} for _ in group]
+        image_sizes = [None if item.image is None else item.image.shape[:2] for item in group]
         for head_name, head in self.graph.heads.items():
             prefix = output_name(head_name, "")
             head_outputs = {k.removeprefix(prefix): v for k, v in outputs.items() if k.startswith(prefix)}
-            for index, result in enumerate(head.postprocess(head_outputs)):
+            if head.reads_image_sizes:
+                results = head.postprocess(head_outputs, image_sizes=image_sizes)
+            else:
+                results = head.postprocess(head_outputs)
+            for index, result in enumerate(results):
                 per_item[index][head_name] = result
         return per_item
 
@@ -157,7 +189,12 @@ class Pipeline:
         if needs_reference:
             if inputs.reference is None:
                 raise InputError(f"reference_image: missing; {self.name} compares each image with its golden template")
-            reference = _coerce(Modality.IMAGE, inputs.reference)
+            source = inputs.reference
+            reference = (
+                check_image(source, "reference_image")
+                if isinstance(source, np.ndarray)
+                else decode_image(source, "reference_image")
+            )
             if reference.shape != coerced["image"].shape:
                 raise InputError(
                     f"reference_image: size {reference.shape[1]}x{reference.shape[0]} differs from the image's "
@@ -176,7 +213,7 @@ class Pipeline:
         for modalities, indices in groups.items():
             group = [prepared[i] for i in indices]
             outputs = self.backend.run(self._preprocess(group))
-            for index, heads in zip(indices, self._postprocess(outputs, len(group))):
+            for index, heads in zip(indices, self._postprocess(outputs, group)):
                 results[index] = Prediction(
                     model=self.name,
                     modalities=tuple(m.value for m in modalities),
@@ -192,6 +229,10 @@ class Pipeline:
         if len(kinds) != 1:
             raise InputError(f"raw_outputs: items carry different modalities {sorted(kinds)}; batch them apart")
         return self.backend.run(self._preprocess(prepared))
+
+    def preprocess(self, batch: list[Inputs]) -> dict[str, np.ndarray]:
+        """The named arrays the backend runs on, for items carrying the same modalities."""
+        return self._preprocess([self.prepare(item) for item in batch])
 
     def predict(self, inputs: Inputs | None = None, **fields: Any) -> Prediction:
         """Predict one item: `predict(Inputs(...))` or `predict(image=..., text=...)`."""

@@ -84,5 +84,5 @@ def test_config_typo_exits_2_without_traceback(tmp_path, model_dir):
     )
     assert process.returncode == 2
     assert "Traceback" not in process.stderr
-    assert "fusion.name: 'lat' is not a known fusion; allowed: cross_attention, early, late" in process.stderr
+    assert "fusion.name: 'lat' is not a known fusion; allowed: cross_attention, early, identity, late" in process.stderr
     assert process.stderr.count("\n") == 1

@@ -40,7 +40,7 @@ def test_good_config_loads(tmp_path):
         (
             ["fusion", "name"],
             "erly",
-            r"fusion\.name: 'erly' is not a known fusion; allowed: cross_attention, early, late",
+            r"fusion\.name: 'erly' is not a known fusion; allowed: cross_attention, early, identity, late",
         ),
         (
             ["encoders", "text", "name"],

@@ -42,7 +42,17 @@ def test_builtin_parts_registered():
         "speech.faster_whisper",
         "text.hf",
         "text.open_clip",
+        "image.golden_template",
+        "image.patch_features",
     }
-    assert set(FUSIONS.names()) == {"early", "late", "cross_attention"}
-    assert {"classification", "multilabel", "embedding"} <= set(HEADS.names())
-    assert "torch" in BACKENDS.names()
+    assert set(FUSIONS.names()) == {"early", "late", "cross_attention", "identity"}
+    assert set(HEADS.names()) == {
+        "classification",
+        "multilabel",
+        "embedding",
+        "anomaly.patchcore",
+        "detection",
+        "call_labels",
+        "report",
+    }
+    assert set(BACKENDS.names()) == {"torch", "onnxruntime", "tensorrt"}

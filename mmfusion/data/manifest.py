@@ -15,6 +15,8 @@ from mmfusion.types import InputError
 GOOD = "good"
 REQUIRED_COLUMNS = ("image", "label")
 OPTIONAL_COLUMNS = ("mask", "reference", "boxes")
+BOOKKEEPING_COLUMNS = ("source", "augmentation", "group")
+"""Accepted and ignored: written by `mmfusion data augment` (source row, transform) and used by `data split --group`."""
 
 
 class ManifestError(InputError):
@@ -157,7 +159,7 @@ def load_manifest(path: str | Path) -> list[ManifestRow]:
                 f"{path}: missing column(s) {', '.join(missing)}; got {', '.join(columns) or 'no header'}; "
                 f"expected {', '.join(REQUIRED_COLUMNS)} and optionally {', '.join(OPTIONAL_COLUMNS)}"
             )
-        unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + BOOKKEEPING_COLUMNS]
         if unknown:
             raise ManifestError(
                 f"{path}: unknown column(s) {', '.join(unknown)}; "

@@ -47,7 +47,8 @@ class Fusion(nn.Module):
         present = self.present(embeddings)
         name = self.registry_name
         known = ", ".join(m.value for m in self.input_dims)
-        batch_sizes = {m.value: embeddings[m].batch_size for m in present}
+        # int(): under ONNX tracing sizes are 0-d tensors, which a set would never treat as equal.
+        batch_sizes = {m.value: int(embeddings[m].batch_size) for m in present}
         for modality in present:
             if modality not in self.input_dims:
                 raise ValueError(f"{name} fusion: got modality {modality.value}, but it was built for {known}")

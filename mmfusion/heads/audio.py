@@ -1,1 +1,115 @@
-"""Placeholder: being written."""
+"""Call labels head: a trainable classifier over late-fused speech (whisper encoder) and text embeddings.
+
+Out of the box call analysis labels segments zero-shot (mmfusion/audio/labels.py); once labelled
+segments exist, this head is fitted (`fit`, `save_fitted`) and loaded from `fitted/<head>/` at
+pipeline load, and from then on it labels the segments instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from mmfusion.config import ConfigError, HeadSpec, PartParams
+from mmfusion.heads.base import Head
+from mmfusion.registry import HEADS
+from mmfusion.types import Embedding
+
+WEIGHTS_FILE = "head.pt"
+LABELS_FILE = "labels.json"
+
+
+class CallLabelsParams(PartParams):
+    """`params:` for call_labels: hidden width (0 = linear), dropout while fitting."""
+
+    hidden: int = Field(default=128, ge=0)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+@HEADS.register("call_labels")
+class CallLabelsHead(Head):
+    """Softmax over `labels` from the fused pooled vector; `fitted` tells call analysis to prefer it to zero-shot."""
+
+    Params = CallLabelsParams
+    example_params: dict = {"hidden": 16}
+
+    def __init__(self, params: CallLabelsParams, input_dim: int, spec: HeadSpec) -> None:
+        super().__init__(params, input_dim, spec)
+        if len(spec.labels) < 2:
+            raise ValueError(f"call_labels head needs at least 2 labels, got {spec.labels}")
+        if params.hidden:
+            self.classifier = nn.Sequential(
+                nn.LayerNorm(input_dim),
+                nn.Linear(input_dim, params.hidden),
+                nn.GELU(),
+                nn.Dropout(params.dropout),
+                nn.Linear(params.hidden, len(spec.labels)),
+            )
+        else:
+            self.classifier = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, len(spec.labels)))
+        self.fitted = False
+
+    def forward(self, fused: Embedding) -> dict[str, torch.Tensor]:
+        logits = self.classifier(fused.pooled)  # (B, C)
+        return {"probabilities": logits.softmax(dim=-1)}
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        results = []
+        for probabilities in outputs["probabilities"]:
+            best = int(np.argmax(probabilities))
+            label = self.spec.labels[best]
+            results.append(
+                {
+                    "label": label if probabilities[best] >= self.spec.thresholds.get(label, 0.0) else None,
+                    "score": float(probabilities[best]),
+                    "scores": {name: float(p) for name, p in zip(self.spec.labels, probabilities)},
+                }
+            )
+        return results
+
+    def fit(self, pooled: torch.Tensor, labels: list[str], epochs: int = 200, learning_rate: float = 1e-2) -> float:
+        """Fit on fused pooled vectors (N, D) and their label names; returns the final training loss."""
+        unknown = sorted(set(labels) - set(self.spec.labels))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not labels of this head: {self.spec.labels}")
+        targets = torch.tensor([self.spec.labels.index(label) for label in labels])  # (N,)
+        optimizer = torch.optim.AdamW(self.classifier.parameters(), lr=learning_rate, weight_decay=1e-3)
+        self.train()
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(self.classifier(pooled.detach()), targets)
+            loss.backward()
+            optimizer.step()
+        self.eval()
+        self.fitted = True
+        return float(loss.detach())
+
+    def save_fitted(self, folder: str | Path) -> None:
+        """Write the fitted weights and their label order to `folder` (models/<name>/fitted/<head>/)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.classifier.state_dict(), folder / WEIGHTS_FILE)
+        (folder / LABELS_FILE).write_text(json.dumps(list(self.spec.labels)))
+
+    def load_fitted(self, folder: str | Path) -> None:
+        """Load weights written by `save_fitted`; the label order must match the config's."""
+        from mmfusion.security.integrity import safe_torch_load
+
+        folder = Path(folder)
+        labels = json.loads((folder / LABELS_FILE).read_text()) if (folder / LABELS_FILE).is_file() else None
+        if labels != list(self.spec.labels):
+            raise ConfigError(
+                f"{folder}: fitted for labels {labels}, but the head's labels are {self.spec.labels}; refit it"
+            )
+        try:
+            self.classifier.load_state_dict(safe_torch_load(folder / WEIGHTS_FILE))
+        except RuntimeError as error:
+            raise ConfigError(f"{folder / WEIGHTS_FILE}: does not fit this head: {error}") from None
+        self.fitted = True

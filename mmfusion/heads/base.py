@@ -21,6 +21,8 @@ class Head(nn.Module):
     example_grid: ClassVar[tuple[int, int] | None] = None
     """(h, w) for heads that read a spatial token grid: contract tests then feed (B, h*w, D) tokens."""
     """Small params that the contract tests build this part with."""
+    reads_image_sizes: ClassVar[bool] = False
+    """True: postprocess also gets `image_sizes`, each item's input (height, width) (None without an image)."""
 
     def __init__(self, params: PartParams, input_dim: int, spec: HeadSpec) -> None:
         super().__init__()

@@ -91,12 +91,14 @@ class InspectRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., reference_image: _Optional[_Union[Image, _Mapping]] = ..., text: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., include_heatmap: _Optional[bool] = ..., include_embedding: _Optional[bool] = ...) -> None: ...
 
 class StreamOptions(_message.Message):
-    __slots__ = ("max_pending_frames", "smoothing_window")
+    __slots__ = ("max_pending_frames", "smoothing_window", "smoothing_min_count")
     MAX_PENDING_FRAMES_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_MIN_COUNT_FIELD_NUMBER: _ClassVar[int]
     max_pending_frames: int
     smoothing_window: int
-    def __init__(self, max_pending_frames: _Optional[int] = ..., smoothing_window: _Optional[int] = ...) -> None: ...
+    smoothing_min_count: int
+    def __init__(self, max_pending_frames: _Optional[int] = ..., smoothing_window: _Optional[int] = ..., smoothing_min_count: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("stream_id", "sequence_number", "capture_time", "image", "model", "version", "text", "options")

@@ -1,1 +1,117 @@
-"""Placeholder: being written."""
+"""ONNX Runtime backend: the model's exported graphs (versions/<n>/onnx/), one session per modality group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmfusion.config import ConfigError, RuntimeSpec, load_config
+from mmfusion.graph import PipelineGraph
+from mmfusion.registry import BACKENDS
+from mmfusion.runtime.base import Backend, TensorSpec
+from mmfusion.runtime.exported import ExportInfo, open_export
+from mmfusion.runtime.specs import check_inputs, group_of_inputs
+from mmfusion.types import InputError
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def choose_providers(runtime: RuntimeSpec, available: list[str]) -> list[str]:
+    """Execution providers in order: the configured list, else CUDA/TensorRT for device cuda, then CPU."""
+    if runtime.providers is not None:
+        missing = [p for p in runtime.providers if p not in available]
+        if missing:
+            raise ConfigError(
+                f"runtime.providers: {', '.join(missing)} not in this onnxruntime; available: {', '.join(available)}"
+            )
+        return list(runtime.providers)
+    if runtime.device == "cpu":
+        return [CPU_PROVIDER]
+    gpu = [p for p in GPU_PROVIDERS if p in available]
+    if not gpu:
+        raise ConfigError(
+            f"runtime.device: cuda, but this onnxruntime has only {', '.join(available)}; "
+            "install onnxruntime-gpu or use device: cpu"
+        )
+    return [*gpu, CPU_PROVIDER]
+
+
+def session_options(runtime: RuntimeSpec):
+    """Graph optimisations on, thread counts from the runtime block (None: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if runtime.threads is not None:
+        options.intra_op_num_threads = runtime.threads
+    if runtime.inter_op_threads is not None:
+        options.inter_op_num_threads = runtime.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    options.log_severity_level = 3
+    return options
+
+
+@BACKENDS.register("onnxruntime")
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime on an exported model: CPU, or the CUDA / TensorRT providers when the package has them."""
+
+    def __init__(self, runtime: RuntimeSpec | None = None) -> None:
+        super().__init__(runtime)
+        self.sessions: dict[str, object] = {}
+        self.info: ExportInfo | None = None
+        self.folder: Path | None = None
+        self.providers: list[str] = []
+
+    def load(self, model_dir: str | Path, graph: PipelineGraph | None = None, version: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError(
+                "backend onnxruntime needs the onnxruntime package: pip install 'mmfusion[onnx]'"
+            ) from None
+        model_dir = Path(model_dir)
+        version = version if version is not None else load_config(model_dir).version
+        self.folder, self.info = open_export(model_dir, version, self.registry_name, self.runtime.precision)
+        self.providers = choose_providers(self.runtime, ort.get_available_providers())
+        options = session_options(self.runtime)
+        self.sessions = {
+            group: ort.InferenceSession(str(self.folder / graph_info.file), options, providers=self.providers)
+            for group, graph_info in self.info.graphs.items()
+        }
+
+    def _graph_for(self, inputs: dict[str, np.ndarray]):
+        if self.info is None:
+            raise RuntimeError("OnnxRuntimeBackend.run called before load")
+        group = group_of_inputs(set(inputs))
+        if group not in self.info.graphs:
+            raise InputError(
+                f"{self.info.model}: the {self.info.kind} export has graphs for {', '.join(self.info.graphs)}, "
+                f"not for {group}; re-export with `--groups {group}` added"
+            )
+        return group, self.info.graphs[group]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        group, graph_info = self._graph_for(inputs)
+        feed = check_inputs(inputs, graph_info.inputs, f"{self.info.model} {group} graph")
+        names = [spec.name for spec in graph_info.outputs]
+        return dict(zip(names, self.sessions[group].run(names, feed)))
+
+    def _full_graph(self):
+        if self.info is None:
+            raise RuntimeError("OnnxRuntimeBackend specs asked for before load")
+        return max(self.info.graphs.values(), key=lambda g: len(g.inputs))
+
+    def input_specs(self) -> list[TensorSpec]:
+        return self._full_graph().inputs
+
+    def output_specs(self) -> list[TensorSpec]:
+        return self._full_graph().outputs
+
+    def describe(self) -> str:
+        precision = self.info.precision if self.info else self.runtime.precision or "?"
+        return f"onnxruntime {precision} ({', '.join(self.providers)}) from {self.folder}"
+
+    def close(self) -> None:
+        self.sessions = {}

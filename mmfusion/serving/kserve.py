@@ -450,7 +450,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             self._check_repository(request.repository_name)
             if not request.model_name:
                 raise InputError(f"model_name: empty; expected one of {', '.join(self.models.available_names())}")
-            backend = "torch"
+            backend = None  # the model's runtime: block
             for key, value in request.parameters.items():
                 if key == "backend" and value.WhichOneof("parameter_choice") == "string_param":
                     backend = value.string_param

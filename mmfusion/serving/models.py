@@ -100,8 +100,11 @@ class ModelManager:
             f"available: {', '.join(self.available_names()) or 'none'}"
         )
 
-    def load(self, name_or_path: str | Path, backend: str = "torch", allow_path: bool = False) -> ModelEntry:
-        """Load (or return the already loaded) model; a path is accepted only with allow_path."""
+    def load(self, name_or_path: str | Path, backend: str | None = None, allow_path: bool = False) -> ModelEntry:
+        """Load (or return the already loaded) model; a path is accepted only with allow_path.
+
+        backend None: the model's `runtime:` block chooses.
+        """
         model_dir = self._model_dir(name_or_path, allow_path)
         config = load_config(model_dir)
         with self._lock:
@@ -119,7 +122,8 @@ class ModelManager:
                 counted=is_inference,
                 **self.batching.as_kwargs(),
             )
-            entry = ModelEntry(config.name, model_dir, pipeline.config, pipeline, backend, scheduler)
+            backend_name = pipeline.backend.registry_name
+            entry = ModelEntry(config.name, model_dir, pipeline.config, pipeline, backend_name, scheduler)
             with self._lock:
                 self._loaded[config.name] = entry
                 self._known_dirs[config.name] = model_dir

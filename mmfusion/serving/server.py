@@ -120,7 +120,7 @@ def build_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     host: str = "127.0.0.1",
     model_root: str | Path | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     max_workers: int = 16,
     max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES,
     max_batch_size: int = 8,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
@@ -12,10 +14,11 @@ from contextlib import contextmanager
 
 import grpc
 
+from mmfusion.audio.call import is_call_model
 from mmfusion.config import ConfigError
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
-from mmfusion.serving.batching import Outcome, Predict, Work
+from mmfusion.serving.batching import Call, Outcome, Predict, Work
 from mmfusion.serving.cache import ResultCache
 from mmfusion.serving.convert import (
     REPORT_HEAD_KINDS,
@@ -115,6 +118,42 @@ def run_on_model(entry: ModelEntry, work: Work, context: grpc.ServicerContext) -
         ) from None
     except SchedulerClosedError:
         raise ModelNotFound(f"model {entry.name!r} was unloaded while this request waited") from None
+
+
+def report_chunks(
+    entry: ModelEntry, head: str, images: list, text: str, context: grpc.ServicerContext
+) -> Iterator[pb.ReportChunk]:
+    """Run the report head's `write` on the model's scheduler and relay its text as it comes, then the fields."""
+    pieces: queue.SimpleQueue = queue.SimpleQueue()
+    client_left = threading.Event()
+    context.add_callback(client_left.set)
+
+    def emit(piece: str) -> None:
+        if client_left.is_set():
+            raise CancelledError("the client left; report generation stopped")
+        pieces.put(piece)
+
+    def write(pipeline):
+        return pipeline.graph.heads[head].write(pipeline, head, images, text or None, emit)
+
+    remaining = _time_remaining(context)
+    deadline = None if remaining is None else time.monotonic() + remaining
+    future = submit(entry, Call(write), deadline=deadline)
+    context.add_callback(future.cancel)
+    future.add_done_callback(lambda _: pieces.put(None))
+    while True:
+        try:
+            piece = pieces.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            future.cancel()
+            raise DeadlineExceededError(
+                f"model {entry.name!r}: the deadline passed while the report was written"
+            ) from None
+        if piece is None:
+            break
+        yield pb.ReportChunk(text=piece)
+    report = future.result().unwrap()
+    yield pb.ReportChunk(fields=report.flat_fields(), final=True)
 
 
 def _milliseconds(start: float, end: float) -> float:
@@ -270,8 +309,23 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             if first is None:
                 raise InputError("request stream: no audio chunks; send at least one AudioChunk naming the model")
             with self.metrics.request(entry.name, entry.version):
+                if is_call_model(entry.pipeline):  # call analysis keeps the channels: agent and customer
+                    return self._analyze_call(entry, bytes(data), first, received, context)
                 waveform = decode_audio_bytes(bytes(data), first.encoding, first.sample_rate, first.channels, "audio")
                 return self._predict(entry, Inputs(audio=waveform, text=text or None), received, context)
+
+    def _analyze_call(
+        self, entry: ModelEntry, data: bytes, first: pb.AudioChunk, received: float, context: grpc.ServicerContext
+    ) -> pb.InspectionResult:
+        from mmfusion.audio.decode import decode_call_audio
+        from mmfusion.audio.service import call_to_proto, call_work
+
+        audio = decode_call_audio(data, first.encoding, first.sample_rate, first.channels, "audio")
+        submitted = time.monotonic()
+        outcome = run_on_model(entry, call_work(audio), context)
+        result = call_to_proto(outcome.unwrap(), entry.name, entry.version)
+        result.timings.CopyFrom(_timings(received, submitted, outcome))
+        return result
 
     def GenerateReport(self, request: pb.ReportRequest, context: grpc.ServicerContext) -> Iterator[pb.ReportChunk]:
         with rpc_errors(context):
@@ -281,8 +335,11 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             listed = ", ".join(f"{name}: {spec.name}" for name, spec in heads.items())
             if not report_heads:
                 raise NotImplementedError(f"model {entry.name!r} has no report head (its heads: {listed})")
-            raise NotImplementedError(f"model {entry.name!r}: report decoding is not wired to this server yet")
-        yield pb.ReportChunk()  # unreachable; makes this method a generator, as a server-streaming RPC must be
+            images = [image_from_proto(image, f"images[{i}]") for i, image in enumerate(request.images)]
+            for image in images:  # checked here, off the model's thread
+                entry.pipeline.prepare(Inputs(image=image))
+            with self.metrics.request(entry.name, entry.version):
+                yield from report_chunks(entry, report_heads[0], images, request.text, context)
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         with rpc_errors(context):
@@ -307,7 +364,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         with rpc_errors(context):
             if not request.name:
                 raise InputError(f"name: empty; expected one of {', '.join(self.models.available_names())}")
-            return model_to_proto(self.models.load(request.name, backend=request.backend or "torch"))
+            return model_to_proto(self.models.load(request.name, backend=request.backend or None))
 
     def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         with rpc_errors(context):

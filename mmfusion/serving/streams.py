@@ -60,19 +60,26 @@ class StreamState:
     max_pending: int
     smoothing_window: int
     last_sequence: int
+    smoothing_min_count: int = 0
     pending: deque[FrameSlot] = field(default_factory=deque)
     skipped: list[int] = field(default_factory=list)
     verdicts: deque = field(default_factory=deque)
+    reported: str | None = None
     answered_at: deque[float] = field(default_factory=lambda: deque(maxlen=FPS_WINDOW))
 
     def smooth(self, verdict: str) -> str:
-        """Majority over the last smoothing_window verdicts; ties go to the most recent."""
+        """Majority over the last smoothing_window verdicts (ties go to the most recent); with a
+        smoothing_min_count k, k-of-n: the reported verdict changes only to one seen in k of the last n."""
         if self.smoothing_window <= 1:
             return verdict
         self.verdicts.append(verdict)
         while len(self.verdicts) > self.smoothing_window:
             self.verdicts.popleft()
         counts = Counter(self.verdicts)
+        if self.smoothing_min_count > 0:
+            if self.reported is None or counts[verdict] >= self.smoothing_min_count:
+                self.reported = verdict
+            return self.reported
         best = max(counts.values())
         return next(v for v in reversed(self.verdicts) if counts[v] == best)
 
@@ -131,6 +138,7 @@ class StreamSession:
                 max_pending=options.max_pending_frames or DEFAULT_MAX_PENDING,
                 smoothing_window=options.smoothing_window,
                 last_sequence=-1,
+                smoothing_min_count=options.smoothing_min_count,
             )
         elif frame.model and frame.model != stream.model:
             raise InputError(

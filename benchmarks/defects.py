@@ -1,0 +1,205 @@
+"""Defect detection targets: synthetic anomaly suite (AUROC, fit time, bank size, speed) and DeepPCB (F-score, mAP).
+
+The anomaly part fits models/defect-anomaly's config on generated good parts and evaluates it on generated
+good and defective parts; speed is compared in the same run with the graph alone (encoder features, no
+bank search) and with the unreduced memory bank. The DeepPCB part evaluates models/pcb-template on the
+20% validation split of ../shared/datasets/deeppcb-trainval (skipped with a message when absent).
+Prints a table and writes benchmarks/results/defects.json.
+Run: `.venv/bin/python benchmarks/defects.py` (about 5-10 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmfusion.anomaly.evaluation import evaluate
+from mmfusion.anomaly.fitting import fit_model
+from mmfusion.anomaly.memory_bank import MemoryBank
+from mmfusion.config import ConfigError
+from mmfusion.data.manifest import load_manifest
+from mmfusion.data.synthetic import make_synthetic_suite
+from mmfusion.pipeline import Pipeline
+from mmfusion.types import InputError, Inputs
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = REPO.parent / "shared" / "datasets"
+TARGETS = {
+    "image_auroc": (">=", 0.98),
+    "pixel_auroc": (">=", 0.95),
+    "fit_seconds_200_good": ("<=", 120.0),
+    "memory_bank_mb": ("<=", 200.0),
+    "images_per_second": (">=", 15.0),
+    "deeppcb_fscore": (">=", 0.95),
+    "deeppcb_map": (">=", 0.95),
+}
+
+
+def throughput(pipeline: Pipeline, images: list[np.ndarray], batch: int, graph_only: bool) -> float:
+    """Images per second through predict_batch (or only the backend graph), after one warm-up batch."""
+    inputs = [Inputs(image=image) for image in images]
+    batches = [inputs[start : start + batch] for start in range(0, len(inputs), batch)]
+    run = pipeline.raw_outputs if graph_only else pipeline.predict_batch
+    run(batches[0])
+    started = time.perf_counter()
+    for chunk in batches:
+        run(chunk)
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def classifier_ips(images: int, batch: int = 8) -> float:
+    """Images per second of the plain EfficientNet-Lite0 classifier at 224 (benchmarks/image_encoder_layout.py's
+    net), a baseline whose idle-machine speed is on record, so a busy machine's numbers can be compared."""
+    from mmfusion.encoders.image_efficientnet import EfficientNetLite0Encoder, EfficientNetParams
+
+    net = EfficientNetLite0Encoder(EfficientNetParams(image_size=224)).net.eval()
+    pixels = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(pixels)
+        started = time.perf_counter()
+        for _ in range(max(1, images // batch)):
+            net(pixels)
+    return max(1, images // batch) * batch / (time.perf_counter() - started)
+
+
+def recorded_classifier_ips() -> float | None:
+    """The batch-8 channels-last speed recorded by benchmarks/image_encoder_layout.py, when its results exist."""
+    path = REPO / "benchmarks" / "results" / "image_encoder_layout.json"
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text())["rows"]
+    return next((row["channels_last_ips"] for row in rows if row["batch"] == 8), None)
+
+
+def unreduced_bank_ips(pipeline: Pipeline, train_rows, images: list[np.ndarray]) -> tuple[float, float]:
+    """(images/s, bank MB) with every training patch in the bank instead of the coreset (few images: it is slow)."""
+    head = pipeline.graph.heads["anomaly"]
+    features = []
+    for start in range(0, len(train_rows), 8):
+        batch = [Inputs(image=row.read_image()) for row in train_rows[start : start + 8]]
+        patches = pipeline.raw_outputs(batch)["anomaly.patch_features"]  # (B, h, w, D)
+        features.append(patches.reshape(-1, patches.shape[-1]))
+    coreset = head.bank
+    head.bank = MemoryBank(np.concatenate(features))
+    try:
+        megabytes = head.bank.nbytes / 2**20
+        return throughput(pipeline, images, 2, graph_only=False), megabytes
+    finally:
+        head.bank = coreset
+
+
+def anomaly_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Fit on generated good parts, evaluate, and time inference against the same-run baselines."""
+    suite = make_synthetic_suite(work / "suite", args.train_images, args.val_images, args.test_images, size=256)
+    started = time.perf_counter()
+    summaries = fit_model(REPO / "models" / "defect-anomaly", suite["train"], work / "fitted", suite["val"], "f1")
+    fit_and_calibrate = time.perf_counter() - started
+    fitted = summaries["anomaly"]
+    metrics, _ = evaluate(work / "fitted", suite["test"])
+    pipeline = Pipeline(work / "fitted")
+    images = [row.read_image() for row in load_manifest(suite["test"])][: args.speed_images]
+    model_ips = throughput(pipeline, images, 8, graph_only=False)
+    graph_ips = throughput(pipeline, images, 8, graph_only=True)
+    classifier = classifier_ips(len(images))
+    recorded = recorded_classifier_ips()
+    full_ips, full_mb = unreduced_bank_ips(pipeline, load_manifest(suite["train"]), images[:4])
+    pipeline.close()
+    return {
+        "train_images": args.train_images,
+        "image_auroc": metrics["image_auroc"],
+        "pixel_auroc": metrics["pixel_auroc"],
+        "f1": metrics["f1"],
+        "false_detection_rate": metrics["false_detection_rate"],
+        "miss_rate": metrics["miss_rate"],
+        "per_class": metrics["per_class"],
+        "fit_seconds_200_good": fitted["seconds"] * 200 / args.train_images,
+        "fit_feature_seconds": fitted["feature_seconds"],
+        "fit_coreset_seconds": fitted["coreset_seconds"],
+        "fit_seconds_vs_graph_only": fitted["seconds"] / (args.train_images / graph_ips),
+        "fit_and_calibrate_seconds": fit_and_calibrate,
+        "memory_bank_mb": fitted["bank_mb"],
+        "memory_bank_size": fitted["bank_size"],
+        "unreduced_bank_mb": full_mb,
+        "images_per_second": model_ips,
+        "graph_only_images_per_second": graph_ips,
+        "unreduced_bank_images_per_second": full_ips,
+        "speed_vs_graph_only": model_ips / graph_ips,
+        "speed_vs_unreduced_bank": model_ips / full_ips,
+        "classifier_224_images_per_second": classifier,
+        "speed_vs_classifier_224": model_ips / classifier,
+        "estimated_idle_images_per_second": None if recorded is None else model_ips / classifier * recorded,
+    }
+
+
+def deeppcb_section(work: Path) -> dict[str, Any]:
+    """F-score and mAP at IoU > 0.33 of models/pcb-template on the held-out 20% of DeepPCB trainval."""
+    root = DATASETS / "deeppcb-trainval"
+    if not root.is_dir():
+        return {"skipped": f"{root} is absent"}
+    try:
+        from mmfusion.data.deeppcb import deeppcb_manifests
+    except ImportError as error:
+        return {"skipped": f"mmfusion.data.deeppcb is not available ({error})"}
+    model = REPO / "models" / "pcb-template"
+    if not (model / "config.yaml").is_file():
+        return {"skipped": f"{model} does not exist"}
+    try:
+        manifests = deeppcb_manifests(root, work / "deeppcb", val_fraction=0.2, seed=0)
+        metrics, _ = evaluate(model, manifests["val"])
+    except (ConfigError, InputError) as error:
+        return {"skipped": f"models/pcb-template could not be evaluated: {error}"}
+    if "fscore" not in metrics:
+        return {"skipped": "models/pcb-template gave no typed boxes to score"}
+    return {
+        "deeppcb_fscore": metrics["fscore"],
+        "deeppcb_map": metrics["map"],
+        "deeppcb_images": metrics["images"],
+        "deeppcb_images_per_second": metrics["images_per_second"],
+        "deeppcb_per_type": {k: v for k, v in metrics["boxes"]["per_class"].items()},
+    }
+
+
+def passes(key: str, value: float) -> str:
+    if key not in TARGETS or not isinstance(value, int | float):
+        return ""
+    sign, target = TARGETS[key]
+    ok = value >= target if sign == ">=" else value <= target
+    return f"{sign} {target:g}  {'ok' if ok else 'MISSED'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-images", type=int, default=200)
+    parser.add_argument("--val-images", type=int, default=40)
+    parser.add_argument("--test-images", type=int, default=60)
+    parser.add_argument("--speed-images", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the targets are for 2 CPU cores)")
+    parser.add_argument("--skip-deeppcb", action="store_true")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "defects.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        results = anomaly_section(Path(folder), args)
+        results["deeppcb"] = {"skipped": "--skip-deeppcb"} if args.skip_deeppcb else deeppcb_section(Path(folder))
+    results["threads"] = args.threads
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(f"{'measure':34s} {'value':>10s}  target")
+    rows = {k: v for k, v in results.items() if isinstance(v, int | float)}
+    rows.update({k: v for k, v in results["deeppcb"].items() if isinstance(v, int | float)})
+    for key, value in rows.items():
+        print(f"{key:34s} {value:>10.4g}  {passes(key, value)}")
+    if "skipped" in results["deeppcb"]:
+        print(f"DeepPCB section skipped: {results['deeppcb']['skipped']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Call-centre audio analysis: streaming transcription, speakers by channel, metrics, labels, compliance."""

@@ -1,0 +1,1 @@
+"""Evaluation metrics for inspection outputs (boxes, scores, maps)."""

@@ -1,0 +1,192 @@
+"""Exported model folders (models/<name>/versions/<n>/<kind>/): export.json, sha256 manifest, checked loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mmfusion.config import ConfigError
+from mmfusion.runtime.base import TensorSpec
+from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, verify_manifest, write_manifest
+
+EXPORT_FILE = "export.json"
+EXPORT_FORMAT = 1
+VERSIONS_DIR = "versions"
+KINDS = ("onnx", "tensorrt")
+BACKEND_KIND = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}
+"""Which exported folder each compiled backend reads."""
+EXPORTER_PACKAGES = ("mmfusion", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt")
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    """One graph file of an export: the modality group it reads and its tensor specs."""
+
+    group: str
+    file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    quantization: str | None = None
+    parity: dict[str, float] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "quantization": self.quantization,
+            "parity": self.parity,
+            "engine": self.engine,
+        }
+
+    @classmethod
+    def from_dict(cls, group: str, raw: dict[str, Any]) -> ExportedGraph:
+        return cls(
+            group=group,
+            file=str(raw["file"]),
+            inputs=[TensorSpec.from_dict(s) for s in raw["inputs"]],
+            outputs=[TensorSpec.from_dict(s) for s in raw["outputs"]],
+            quantization=raw.get("quantization"),
+            parity=dict(raw.get("parity") or {}),
+            engine=dict(raw.get("engine") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What export.json records: model, version, kind, precision, graphs, calibration set and tool versions."""
+
+    model: str
+    version: int
+    kind: str
+    precision: str
+    batch_sizes: tuple[int, ...]
+    graphs: dict[str, ExportedGraph]
+    calibration: dict[str, Any] | None = None
+    exporter: dict[str, str] = field(default_factory=dict)
+    opset: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT,
+            "model": self.model,
+            "version": self.version,
+            "kind": self.kind,
+            "precision": self.precision,
+            "batch_sizes": list(self.batch_sizes),
+            "opset": self.opset,
+            "graphs": {group: graph.to_dict() for group, graph in self.graphs.items()},
+            "calibration": self.calibration,
+            "exporter": self.exporter,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExportInfo:
+        return cls(
+            model=str(raw["model"]),
+            version=int(raw["version"]),
+            kind=str(raw["kind"]),
+            precision=str(raw["precision"]),
+            batch_sizes=tuple(int(b) for b in raw["batch_sizes"]),
+            graphs={group: ExportedGraph.from_dict(group, g) for group, g in raw["graphs"].items()},
+            calibration=raw.get("calibration"),
+            exporter=dict(raw.get("exporter") or {}),
+            opset=raw.get("opset"),
+        )
+
+
+def exporter_versions() -> dict[str, str]:
+    """Installed versions of the packages that produce and read exports."""
+    versions = {}
+    for package in EXPORTER_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def export_dir(model_dir: str | Path, version: int, kind: str) -> Path:
+    """models/<name>/versions/<n>/<kind>/."""
+    return Path(model_dir) / VERSIONS_DIR / str(version) / kind
+
+
+def staging_dir(destination: Path) -> Path:
+    """An empty folder beside `destination` to build an export in before it replaces the old one."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
+
+
+def seal(folder: Path, info: ExportInfo) -> None:
+    """Write export.json, then the sha256 manifest of every file (export.json included)."""
+    (folder / EXPORT_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    write_manifest(folder)
+
+
+def publish(staging: Path, destination: Path) -> None:
+    """Replace `destination` by the finished `staging` folder (old export removed only after the swap)."""
+    retired = None
+    if destination.exists():
+        retired = destination.with_name(f".{destination.name}-old")
+        shutil.rmtree(retired, ignore_errors=True)
+        destination.rename(retired)
+    staging.rename(destination)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_export(folder: Path) -> ExportInfo:
+    """export.json of a folder whose files all match its sha256 manifest; ConfigError naming the file otherwise."""
+    try:
+        verify_manifest(folder)
+    except IntegrityError as error:
+        raise ConfigError(f"{folder}: refused to load the export: {error}") from None
+    try:
+        return ExportInfo.from_dict(json.loads((folder / EXPORT_FILE).read_text()))
+    except FileNotFoundError:
+        raise ConfigError(f"{folder}: no {EXPORT_FILE}; not a folder written by `mmfusion export`") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{folder / EXPORT_FILE}: not a valid export description ({error})") from None
+
+
+def open_export(model_dir: Path, version: int, backend: str, precision: str | None) -> tuple[Path, ExportInfo]:
+    """The verified export a compiled backend runs; errors say which `mmfusion export` command makes it."""
+    kind = BACKEND_KIND[backend]
+    folder = export_dir(model_dir, version, kind)
+    command = f"mmfusion export {model_dir} --backend {kind}" + (f" --precision {precision}" if precision else "")
+    if not (folder / MANIFEST_NAME).is_file() and not (folder / EXPORT_FILE).is_file():
+        raise ConfigError(f"{model_dir.name}: version {version} has no {kind} export at {folder}; run `{command}`")
+    info = read_export(folder)
+    if precision is not None and info.precision != precision:
+        raise ConfigError(
+            f"{folder}: exported at precision {info.precision}, but runtime.precision is {precision}; run `{command}`"
+        )
+    return folder, info
+
+
+def list_exports(model_dir: Path) -> list[tuple[Path, ExportInfo | None, str]]:
+    """Every export folder under versions/: (folder, info or None, 'verified' or the reason it is refused)."""
+    found = []
+    root = Path(model_dir) / VERSIONS_DIR
+    versions = (
+        sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if root.is_dir() else []
+    )
+    for folder in (version / kind for version in versions for kind in KINDS):
+        if not folder.is_dir():
+            continue
+        try:
+            found.append((folder, read_export(folder), "verified"))
+        except ConfigError as error:
+            found.append((folder, None, str(error)))
+    return found
+
+
+def folder_size(folder: Path, suffixes: tuple[str, ...] = (".onnx", ".data", ".engine")) -> int:
+    """Bytes of the graph/weight files of an export."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes)

@@ -1,0 +1,1 @@
+"""Tests of call-centre audio analysis (mmfusion/audio)."""

@@ -1,0 +1,48 @@
+"""image.golden_template: early fusion planes, stride cells, padding masks and pair checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmfusion.encoders.image_golden_template import GoldenTemplateEncoder, GoldenTemplateParams, fuse_pair
+from mmfusion.types import InputError
+
+
+def grey(value: int, height: int = 16, width: int = 24) -> np.ndarray:
+    return np.full((height, width, 3), value, np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("fuse", "color", "planes"), [("stack", "gray", 2), ("difference", "gray", 1), ("both", "rgb", 9)]
+)
+def test_fusion_modes_give_their_planes(fuse, color, planes):
+    assert fuse_pair(grey(200), grey(100), fuse, color).shape == (planes, 16, 24)
+
+
+def test_signed_difference_tells_extra_from_missing_material():
+    tested, template = grey(255), grey(255)
+    tested[4:8, 4:8] = 0  # extra copper (black) on the tested board
+    template[10:12, 10:12] = 0  # copper missing from the tested board
+    difference = fuse_pair(tested, template, "difference", "gray")[0]
+    assert difference[5, 5] == pytest.approx(-1.0) and difference[11, 11] == pytest.approx(1.0)
+    assert difference[0, 0] == 0.0
+
+
+def test_cells_pad_and_mask_a_mixed_size_batch():
+    encoder = GoldenTemplateEncoder(GoldenTemplateParams(fuse="both", color="gray", stride=4))
+    small, large = grey(50, 10, 13), grey(80, 16, 24)
+    arrays = encoder.preprocess([(small, small), (large, large)])
+    assert arrays["pixels"].shape == (2, 3, 16, 24) and arrays["sizes"].tolist() == [[10, 13], [16, 24]]
+    embedding = encoder.encode([(small, small), (large, large)])
+    assert embedding.grid == (4, 6) and embedding.tokens.shape == (2, 24, 3 * 16)
+    assert embedding.mask[0].reshape(4, 6).sum().item() == 3 * 4  # ceil(10/4) x ceil(13/4) cells hold pixels
+    assert embedding.mask[1].all()
+
+
+def test_items_that_are_not_pairs_are_refused():
+    encoder = GoldenTemplateEncoder(GoldenTemplateParams())
+    with pytest.raises(InputError, match="reference_image: missing for item 0"):
+        encoder.preprocess([grey(0)])
+    with pytest.raises(InputError, match="differs from the image's 24x16"):
+        encoder.preprocess([(grey(0), grey(0, 8, 8))])

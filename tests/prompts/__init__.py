@@ -1,0 +1,1 @@
+"""Tests of report generation and prompt engineering."""

@@ -1,0 +1,51 @@
+"""The CPU-runnable parts of benchmarks/gpu_check.py (its --device cpu --dry mode) and the stream simulator."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+
+def test_gpu_check_dry_run_on_cpu_reports_every_variant(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    arguments = ["--device", "cpu", "--dry", "--seconds", "0", "--batch-sizes", "1", "--streams", "2"]
+    assert gpu_check.main([*arguments, "--stream-seconds", "0.3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    by_label = {v["label"]: v for v in report["variants"]}
+    assert by_label["torch fp16 CUDA graphs"]["skipped"] == "needs CUDA"
+    assert by_label["tensorrt fp16"]["skipped"] == "needs CUDA"
+    for label in ("torch fp32 eager", "torch fp32 compile"):
+        results = by_label[label]["results"]
+        assert set(results) == {"1"} and all(r["images_per_second"] > 0 for r in results.values())
+        assert all(r["cosine_vs_fp32"] > 0.9999 and r["p99_ms"] >= r["p50_ms"] for r in results.values())
+    assert report["streams"]["streams"] == 2 and report["streams"]["mean_fps_per_stream"] > 0
+
+
+class _FixedCost:
+    """A backend that takes a fixed time per call, whatever the batch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.batches = seconds, []
+
+    def run(self, arrays):
+        import time
+
+        self.batches.append(len(arrays["image.pixels"]))
+        time.sleep(self.seconds)
+        return {}
+
+
+def test_stream_simulation_batches_waiting_frames_and_keeps_up_when_fast():
+    fast = _FixedCost(0.001)
+    stats = gpu_check.simulate_streams(fast, np.zeros((3, 4, 4), np.float32), 8, 20.0, 1.0, max_batch=64)
+    assert stats["dropped_frames"] == 0 and stats["worst_fps_per_stream"] >= 15.0
+    slow = _FixedCost(0.2)  # 5 calls a second for 160 frames a second: frames must be batched and some dropped
+    stats = gpu_check.simulate_streams(slow, np.zeros((3, 4, 4), np.float32), 8, 20.0, 1.0, max_batch=64)
+    assert max(slow.batches) > 1 and stats["dropped_frames"] > 0 and stats["p99_ms"] >= 200

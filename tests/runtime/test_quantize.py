@@ -1,0 +1,77 @@
+"""INT8 on CPU: static QDQ calibrated on a manifest and dynamic quantisation, against torch FP32."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmfusion.pipeline import Pipeline
+from mmfusion.runtime.export import compare_outputs
+from mmfusion.runtime.exported import EXPORT_FILE, export_dir
+from mmfusion.runtime.quantize import calibration_hash, load_calibration_rows
+from mmfusion.types import InputError, Inputs
+from tests.conftest import random_image
+from tests.runtime.conftest import BLUE, RED
+
+
+def test_static_int8_is_calibrated_recorded_and_smaller(tiny_int8, tiny_fp32, calibration_manifest):
+    folder = export_dir(tiny_int8, 1, "onnx")
+    info = json.loads((folder / EXPORT_FILE).read_text())
+    assert info["precision"] == "int8" and list(info["graphs"]) == ["image"]
+    assert info["graphs"]["image"]["quantization"] == "static-qdq"
+    rows = load_calibration_rows(calibration_manifest)
+    assert info["calibration"]["items"] == 16
+    assert info["calibration"]["sha256"] == calibration_hash(calibration_manifest, rows)
+    fp32_size = (export_dir(tiny_fp32, 1, "onnx") / "image.onnx").stat().st_size
+    assert (folder / "image.onnx").stat().st_size <= 0.5 * fp32_size
+
+
+def test_static_int8_agrees_with_torch_fp32(tiny_int8):
+    reference, quantized = Pipeline(tiny_int8, backend="torch"), Pipeline(tiny_int8, backend="onnxruntime")
+    images = [RED + 5, BLUE + 5, RED + 20, BLUE + 20, *[random_image(seed) for seed in range(4)]]
+    batch = [Inputs(image=image) for image in images]
+    parity = compare_outputs(reference.raw_outputs(batch), quantized.raw_outputs(batch))
+    assert parity["min_cosine"] >= 0.99, parity
+    for image, label in ((RED + 5, "red"), (BLUE + 5, "blue")):
+        assert quantized.predict(image=image).outputs["colour"]["label"] == label
+
+
+def test_int8_export_without_text_group_refuses_text_with_a_clear_error(tiny_int8):
+    with pytest.raises(InputError, match=r"has graphs for image, not for text; re-export with `--groups text`"):
+        Pipeline(tiny_int8, backend="onnxruntime").predict(text="only words")
+
+
+def test_calibration_hash_follows_image_content(calibration_manifest, tmp_path):
+    rows = load_calibration_rows(calibration_manifest)
+    before = calibration_hash(calibration_manifest, rows)
+    assert before == calibration_hash(calibration_manifest, rows)
+    image = rows[0].image
+    original = image.read_bytes()
+    try:
+        image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        assert calibration_hash(calibration_manifest, rows) != before
+    finally:
+        image.write_bytes(original)
+
+
+def test_dynamic_int8_quantises_matmuls(tmp_path, tiny_fp32):
+    import onnx
+    import onnxruntime as ort
+
+    from mmfusion.runtime.quantize import quantize_dynamic_onnx
+
+    source = export_dir(tiny_fp32, 1, "onnx") / "text.onnx"
+    target = tmp_path / "text.int8.onnx"
+    quantize_dynamic_onnx(source, target)
+    operators = {node.op_type for node in onnx.load(str(target)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & operators
+    feed = {
+        "text.input_ids": np.array([[101, 2023, 2003, 102], [101, 7592, 102, 0]], np.int64),
+        "text.attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int64),
+    }
+    names = [o.name for o in ort.InferenceSession(str(source)).get_outputs()]
+    fp32 = dict(zip(names, ort.InferenceSession(str(source)).run(names, feed)))
+    int8 = dict(zip(names, ort.InferenceSession(str(target)).run(names, feed)))
+    assert compare_outputs(fp32, int8)["min_cosine"] >= 0.98
