@@ -91,6 +91,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         video=args.video,
         audio=Path(args.audio) if args.audio else None,
         text=args.text,
+        reference=Path(args.reference) if args.reference else None,
     )
     if not inputs.present():
         raise InputError("predict needs at least one of --image, --video, --audio, --text")
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="run a model on files or text")
     predict.add_argument("model", help="model name in models/ or a model folder")
     predict.add_argument("--image", help="image file (PNG, JPEG, ...)")
+    predict.add_argument("--reference", help="golden template image the --image is compared with (template models)")
     predict.add_argument("--video", help="video file")
     predict.add_argument("--audio", help="audio file (WAV, FLAC, MP3, ...)")
     predict.add_argument("--text", help="text")

@@ -127,7 +127,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for path in args.files:
             if not Path(path).is_file():
                 raise InputError(f"image file {path!r} does not exist")
-            result = client.inspect(args.model, image=Path(path), text=args.text)
+            reference = Path(args.reference) if args.reference else None
+            if reference is not None and not reference.is_file():
+                raise InputError(f"reference image file {args.reference!r} does not exist")
+            result = client.inspect(args.model, image=Path(path), text=args.text, reference=reference)
             if not args.json:
                 print(f"{path}: ", end="")
             _print_result(result, args.json)
@@ -300,6 +303,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("files", nargs="+", help="image files")
     inspect.add_argument("--model", default=DEFAULT_IMAGE_MODEL)
     inspect.add_argument("--text", default=None, help="a note sent with every image")
+    inspect.add_argument("--reference", default=None, help="golden template sent with every image (template models)")
     inspect.set_defaults(run=_cmd_inspect)
 
     stream = sub.add_parser(

@@ -143,8 +143,9 @@ class InspectionClient:
         version: str = "",
         include_heatmap: bool = False,
         include_embedding: bool = False,
+        reference: ImageSource | None = None,
     ) -> pb.InspectionResult:
-        """One sample: any mix of image, frames, text and audio (a WAV/FLAC/... file or its bytes)."""
+        """One sample: any mix of image (with its golden-template `reference`), frames, text and audio."""
         request = pb.InspectRequest(
             model=model,
             version=version,
@@ -155,6 +156,8 @@ class InspectionClient:
         )
         if image is not None:
             request.image.CopyFrom(image_message(image))
+        if reference is not None:
+            request.reference_image.CopyFrom(image_message(reference))
         if audio is not None:
             request.audio.CopyFrom(pb.Audio(data=_audio_source(audio)))
         return self._call(self.stub.Inspect, request)

@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from mmfusion.cli import main
+from mmfusion.pipeline import REPO_MODELS
 from tests.test_pipeline import tiny_model
+
+SAMPLES = REPO_MODELS.parent / "samples"
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +89,22 @@ def test_config_typo_exits_2_without_traceback(tmp_path, model_dir):
     assert "Traceback" not in process.stderr
     assert "fusion.name: 'lat' is not a known fusion; allowed: cross_attention, early, identity, late" in process.stderr
     assert process.stderr.count("\n") == 1
+
+
+def test_predict_compares_with_a_golden_template(capsys):
+    samples = [
+        "predict",
+        "pcb-template",
+        "--image",
+        str(SAMPLES / "pcb_tested.jpg"),
+        "--reference",
+        str(SAMPLES / "pcb_template.jpg"),
+        "--json",
+    ]
+    assert main(samples) == 0
+    result = json.loads(capsys.readouterr().out)
+    boxes = result["outputs"]["defects"]["boxes"]
+    assert result["outputs"]["defects"]["label"] == "defect" and boxes
+    assert all(box["x1"] < box["x2"] and box["y1"] < box["y2"] and box["label"] for box in boxes)
+    assert main(samples[:4]) == 2
+    assert "reference_image: missing" in capsys.readouterr().err
