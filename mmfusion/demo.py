@@ -15,6 +15,7 @@ from mmfusion.types import Modality
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEMO_MODEL = "pcb-inspect"
+TEMPLATE_MODEL = "pcb-template"
 
 
 def _imagenet_categories() -> list[str]:
@@ -102,6 +103,24 @@ def fused_prediction(pipeline: Pipeline, samples: Path) -> None:
         )
 
 
+def template_inspection(samples: Path) -> None:
+    """The pcb-template pipeline: the tested board against its golden template -> typed defect boxes."""
+    pipeline = Pipeline(TEMPLATE_MODEL)
+    print(f"5. golden-template inspection: {pipeline.name} (tested + template -> early fusion -> typed boxes)")
+    started = time.perf_counter()
+    prediction = pipeline.predict(image=samples / "pcb_tested.jpg", reference=samples / "pcb_template.jpg")
+    seconds = time.perf_counter() - started
+    result = next(iter(prediction.outputs.values()))
+    boxes = result.get("boxes", [])
+    print(f"   pcb_tested.jpg vs pcb_template.jpg -> {result['label']}, {len(boxes)} defects ({seconds:.2f} s)")
+    for box in boxes[:6]:
+        where = f"x {box['x1']:.0f}-{box['x2']:.0f}, y {box['y1']:.0f}-{box['y2']:.0f}"
+        print(f"   {box['label']:10s} {box['score']:.2f} at {where}")
+    if len(boxes) > 6:
+        print(f"   ... and {len(boxes) - 6} more")
+    pipeline.close()
+
+
 def run_demo(samples: str | Path | None = None, out_dir: str | Path = "out/demo", service: bool = True) -> None:
     """Run the local sections, then (with `service`) the gRPC ones, and print a readable summary."""
     samples = Path(samples) if samples else SAMPLES
@@ -115,6 +134,8 @@ def run_demo(samples: str | Path | None = None, out_dir: str | Path = "out/demo"
     text_similarity(pipeline)
     print()
     fused_prediction(pipeline, samples)
+    print()
+    template_inspection(samples)
     if service:
         from mmfusion.demo_service import run_service_demo
 

@@ -46,7 +46,7 @@ def stream_frames(client, frames_dir: Path, out_dir: Path) -> None:
     images = [decode_image(path) for path in paths]
     out_dir.mkdir(parents=True, exist_ok=True)
     print(
-        f"5. camera stream: {len(paths)} frames from {frames_dir.name}/ at {CAMERA_FPS:g} fps "
+        f"6. camera stream: {len(paths)} frames from {frames_dir.name}/ at {CAMERA_FPS:g} fps "
         f"-> StreamInspect ({STREAM_MODEL})"
     )
     started = time.perf_counter()
@@ -64,13 +64,13 @@ def stream_frames(client, frames_dir: Path, out_dir: Path) -> None:
         print(f"   frame {index:2d} {paths[index].name:24s} -> {result.verdict} {result.verdict_score:.2f}{skipped}")
     elapsed = time.perf_counter() - started
     print("   (image-only verdicts here come from imprinted ImageNet features and are weak on small PCB defects;")
-    print("    golden-template defect detection is the subject of the defect-detection pipeline)")
+    print("    section 5 compares against the golden template instead, which is what finds them)")
     print(f"   {answered} answered, {dropped} dropped, {answered / elapsed:.1f} fps; annotated frames in {out_dir}")
 
 
 def analyze_clip(client, clip: Path) -> None:
     """Send one clip through AnalyzeAudio in chunks and print its transcript."""
-    print(f"6. call audio: {clip.name} -> AnalyzeAudio ({AUDIO_MODEL})")
+    print(f"7. call audio: {clip.name} -> AnalyzeAudio ({AUDIO_MODEL})")
     started = time.perf_counter()
     result = client.analyze_audio(AUDIO_MODEL, clip)
     words = result.transcript.words
