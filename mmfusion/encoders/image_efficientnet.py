@@ -100,7 +100,10 @@ class EfficientNetLite0Encoder(Encoder):
         ]
         return {"pixels": np.stack(pixels)}  # (B, 3, S, S)
 
-    def _features(self, pixels: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    def _features(
+        self, pixels: torch.Tensor, maps_only: bool = False
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+        """Stride-8/16 maps and the head features; `maps_only` stops after the last wanted map (no head)."""
         net = self.net
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         x = net._swish(net._bn0(net._conv_stem(pixels)))  # (B, 32, S/2, S/2)
@@ -110,12 +113,14 @@ class EfficientNetLite0Encoder(Encoder):
             x = block(x)  # eval: no drop-connect
             if index in wanted:
                 maps[wanted[index]] = x
+                if maps_only and len(maps) == len(wanted):
+                    return maps, None  # the stride-32 blocks and the head would be computed for nothing
         head = net._swish(net._bn1(net._conv_head(x)))  # (B, 1280, S/32, S/32)
         return maps, head
 
     def feature_maps(self, pixels: torch.Tensor) -> dict[int, torch.Tensor]:
         """Patch features by stride: {8: (B, 40, S/8, S/8), 16: (B, 112, S/16, S/16)}."""
-        return self._features(pixels)[0]
+        return self._features(pixels, maps_only=True)[0]
 
     def classify(self, pixels: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B, 1000)."""
