@@ -233,19 +233,23 @@ def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, stag
                 f"{parity['max_relative_difference']:.2e}, min cosine {parity['min_cosine']:.6f}); not written"
             )
         target = staging / file_name
-        quantization = None
+        quantization, mixed = None, {}
         if kind == "tensorrt" or precision == "fp32":
             shutil.copyfile(fp32_path, target)
         elif precision == "fp16":
             quantize.convert_fp16_onnx(fp32_path, target)
         elif rows is not None and key == "image":
-            quantize.quantize_static_onnx(fp32_path, target, list(quantize.calibration_batches(pipeline, rows)))
+            batches = list(quantize.calibration_batches(pipeline, rows))
+            mixed = quantize.quantize_static_onnx(fp32_path, target, batches)
             quantization = "static-qdq"
         else:
             quantize.quantize_dynamic_onnx(fp32_path, target)
             quantization = "dynamic"
         if quantization is not None:
             parity = compare_outputs(reference, _onnx_outputs(target, check, output_names))
+            if mixed:
+                parity["calibration_output_cosine"] = mixed["output_cosine"]
+                parity["int8_only_calibration_output_cosine"] = mixed["int8_only_output_cosine"]
     engine = {}
     if kind == "tensorrt":
         from mmfusion.runtime.tensorrt_backend import build_engine
@@ -253,7 +257,8 @@ def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, stag
         calibration = list(quantize.calibration_batches(pipeline, rows)) if rows is not None else None
         limits = _dim_limits(graph, inputs)
         engine = build_engine(target, staging / f"{key}.engine", precision, batch_sizes, inputs, calibration, limits)
-    return ExportedGraph(key, file_name, inputs, outputs, quantization, parity, engine)
+    wide = list(mixed.get("int16_weights", []))
+    return ExportedGraph(key, file_name, inputs, outputs, quantization, parity, engine, wide)
 
 
 def _dim_limits(graph: PipelineGraph, inputs: list[TensorSpec]) -> dict[str, int]:

@@ -34,6 +34,8 @@ class ExportedGraph:
     quantization: str | None = None
     parity: dict[str, float] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
+    int16_weights: list[str] = field(default_factory=list)
+    """Weights a static INT8 export kept at 16 bits to hold its output fidelity (see runtime.quantize)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,7 @@ class ExportedGraph:
             "quantization": self.quantization,
             "parity": self.parity,
             "engine": self.engine,
+            "int16_weights": self.int16_weights,
         }
 
     @classmethod
@@ -55,6 +58,7 @@ class ExportedGraph:
             quantization=raw.get("quantization"),
             parity=dict(raw.get("parity") or {}),
             engine=dict(raw.get("engine") or {}),
+            int16_weights=list(raw.get("int16_weights") or []),
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mmfusion.anomaly.evaluation import image_metrics, score_rows
@@ -10,6 +12,8 @@ from mmfusion.data.manifest import load_manifest
 from mmfusion.data.synthetic import make_synthetic_suite
 from mmfusion.pipeline import Pipeline
 from mmfusion.runtime.export import export_model
+from mmfusion.runtime.exported import EXPORT_FILE, export_dir
+from mmfusion.runtime.quantize import FIDELITY_TARGET
 from tests.anomaly.conftest import IMAGE_SIZE, small_anomaly_model
 
 
@@ -25,20 +29,39 @@ def fitted_int8(tmp_path_factory):
     return fitted, load_manifest(suite["test"])
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="static QDQ INT8 of the patch features shifts PatchCore distances: measured 83% verdict agreement and "
-    "image AUROC 0.934 vs 0.984 FP32 (MinMax; entropy/percentile calibration and Conv-only quantisation no better); "
-    "target 99% / -0.01 not met yet",
-    strict=False,
-)
-def test_int8_verdicts_agree_and_auroc_holds(fitted_int8):
+@pytest.fixture(scope="module")
+def scored(fitted_int8):
     model, rows = fitted_int8
     reference, _ = score_rows(Pipeline(model, backend="torch"), rows)
     quantized, _ = score_rows(Pipeline(model, backend="onnxruntime"), rows)
-    fp32, int8 = reference["anomaly"], quantized["anomaly"]
-    agreement = sum(a.label == b.label for a, b in zip(fp32, int8)) / len(rows)
-    assert agreement >= 0.99, agreement
+    return reference["anomaly"], quantized["anomaly"]
+
+
+@pytest.mark.slow
+def test_int8_export_keeps_sensitive_weights_wide_and_records_fidelity(fitted_int8):
+    model, _ = fitted_int8
+    graph = json.loads((export_dir(model, 1, "onnx") / EXPORT_FILE).read_text())["graphs"]["image"]
+    # all-INT8 EfficientNet-Lite0 falls short (its first depthwise convolution needs more than 8 weight bits)
+    assert graph["parity"]["int8_only_calibration_output_cosine"] < FIDELITY_TARGET
+    assert graph["parity"]["calibration_output_cosine"] >= FIDELITY_TARGET
+    assert 1 <= len(graph["int16_weights"]) <= 0.5 * 33  # EfficientNet-Lite0 to stride 16 has 33 convolutions
+
+
+@pytest.mark.slow
+def test_int8_image_auroc_drops_at_most_a_hundredth(scored):
+    fp32, int8 = scored
     fp32_auroc, int8_auroc = image_metrics(fp32)["image_auroc"], image_metrics(int8)["image_auroc"]
     assert fp32_auroc >= 0.8  # the suite is separable, so the comparison means something
     assert int8_auroc >= fp32_auroc - 0.01, (fp32_auroc, int8_auroc)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="static INT8 (16-bit weights kept where it matters, output cosine >= 0.997) agrees with FP32 verdicts on "
+    "96% of the synthetic suite, not the 99% the runtime issue asks",
+    strict=False,
+)
+def test_int8_verdicts_agree_on_99_percent(scored):
+    fp32, int8 = scored
+    agreement = sum(a.label == b.label for a, b in zip(fp32, int8)) / len(fp32)
+    assert agreement >= 0.99, agreement
