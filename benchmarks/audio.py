@@ -76,7 +76,8 @@ def streaming_latency(analyzer, waveforms: list[np.ndarray]) -> dict:
     }
 
 
-def ctranslate2_window(whisper_model, audio: np.ndarray, tokens: int) -> tuple[float, int]:
+def ctranslate2_window(whisper_model, audio: np.ndarray, tokens: int) -> tuple[float, int, float]:
+    """(seconds for encoder + decoding, tokens decoded, seconds of the encoder alone)."""
     import ctranslate2
     from faster_whisper.tokenizer import Tokenizer
 
@@ -87,6 +88,7 @@ def ctranslate2_window(whisper_model, audio: np.ndarray, tokens: int) -> tuple[f
     prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
     started = time.perf_counter()
     encoded = whisper_model.model.encode(ctranslate2.StorageView.from_array(features))
+    encoded_at = time.perf_counter()
     result = whisper_model.model.generate(
         encoded,
         [prompt],
@@ -95,10 +97,11 @@ def ctranslate2_window(whisper_model, audio: np.ndarray, tokens: int) -> tuple[f
         suppress_tokens=[tokenizer.eot],
         suppress_blank=False,
     )
-    return time.perf_counter() - started, len(result[0].sequences_ids[0])
+    return time.perf_counter() - started, len(result[0].sequences_ids[0]), encoded_at - started
 
 
-def openai_whisper_window(audio: np.ndarray, tokens: int) -> float:
+def openai_whisper_window(audio: np.ndarray, tokens: int) -> tuple[float, float]:
+    """(seconds for encoder + decoding, seconds of the encoder alone)."""
     import whisper
     from whisper.model import ModelDimensions, Whisper
     from whisper.tokenizer import get_tokenizer
@@ -112,6 +115,7 @@ def openai_whisper_window(audio: np.ndarray, tokens: int) -> float:
     started = time.perf_counter()
     with torch.inference_mode():
         features = model.encoder(mel)  # (1, 1500, 512)
+        encoded_at = time.perf_counter()
         cache, hooks = model.install_kv_cache_hooks()
         logits = model.decoder(prompt, features, kv_cache=cache)  # (1, 4, V)
         for _ in range(tokens):
@@ -120,7 +124,17 @@ def openai_whisper_window(audio: np.ndarray, tokens: int) -> float:
             logits = model.decoder(following, features, kv_cache=cache)  # (1, 1, V)
         for hook in hooks:
             hook.remove()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, encoded_at - started
+
+
+def int8_dot_product_isa() -> list[str]:
+    """The CPU's int8 dot-product instruction sets (CTranslate2's int8 GEMM needs one to beat FP32 by much)."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"})
 
 
 def main() -> None:
@@ -142,8 +156,9 @@ def main() -> None:
     whisper_model = analyzer.transcriber.whisper
     # openai-whisper decodes exactly as many tokens as CTranslate2 produced (it cannot be told a minimum).
     ct2_runs = [ctranslate2_window(whisper_model, call, args.tokens) for _ in range(args.repeats)]
-    ct2, decoded = min(ct2_runs)
-    torch_s = min(openai_whisper_window(call, decoded) for _ in range(args.repeats))
+    ct2, decoded, ct2_encoder = min(ct2_runs)
+    torch_s, torch_encoder = min(openai_whisper_window(call, decoded) for _ in range(args.repeats))
+    isa = int8_dot_product_isa()
     results = {
         "threads": args.threads,
         "real_time": rtf,
@@ -153,6 +168,11 @@ def main() -> None:
             "ctranslate2_int8_s": round(ct2, 3),
             "openai_whisper_fp32_s": round(torch_s, 3),
             "speedup": round(torch_s / ct2, 2),
+            "ctranslate2_encoder_s": round(ct2_encoder, 3),
+            "openai_whisper_encoder_s": round(torch_encoder, 3),
+            "encoder_speedup": round(torch_encoder / ct2_encoder, 2),
+            "decoder_speedup": round((torch_s - torch_encoder) / (ct2 - ct2_encoder), 2),
+            "cpu_int8_dot_product": isa,
         },
         "targets": {"rtf": 0.15, "partial_latency_s": 1.5, "speedup": 3.0},
     }
@@ -164,6 +184,9 @@ def main() -> None:
         (f"30 s window + {decoded} tokens, CTranslate2 int8 (s)", f"{ct2:.3f}", ""),
         (f"30 s window + {decoded} tokens, openai-whisper (s)", f"{torch_s:.3f}", ""),
         ("speed-up vs openai-whisper", f"{torch_s / ct2:.2f}x", ">= 3x"),
+        ("  of which encoder (30 s window)", f"{torch_encoder / ct2_encoder:.2f}x", ""),
+        (f"  of which decoding {decoded} tokens", f"{(torch_s - torch_encoder) / (ct2 - ct2_encoder):.2f}x", ""),
+        ("CPU int8 dot-product instructions", ",".join(isa) or "none", ""),
     ]
     width = max(len(row[0]) for row in rows)
     print(f"{'measure':<{width}}  {'value':>8}  target   ({rtf['audio_seconds']} s of audio, {args.threads} threads)")

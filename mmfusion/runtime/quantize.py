@@ -64,8 +64,9 @@ def quantize_static_onnx(source: Path, destination: Path, batches: list[dict[str
     """INT8 QDQ graph (per-channel weights, uint8 activations) with ranges calibrated on `batches`.
 
     When full INT8 falls below FIDELITY_TARGET on the calibration inputs (EfficientNet's first depthwise
-    convolution needs more than 8 bits of weight), the weights that cost most when quantised alone are
-    kept at 16 bits, worst first, until the target is met. Returns the fidelity and the 16-bit weights.
+    convolution needs more than 8 bits of weight), the weights whose rounding alone costs most are kept at
+    16 bits: the fewest of them, worst first, that reach the target (bisection, at most MAX_WIDE_FRACTION).
+    Returns the fidelity and the 16-bit weights.
     """
     with tempfile.TemporaryDirectory(prefix="mmfusion-quant-") as folder:
         work = Path(folder)
@@ -76,17 +77,30 @@ def quantize_static_onnx(source: Path, destination: Path, batches: list[dict[str
         int8_fidelity = fidelity = output_cosine(reference, _outputs(destination, scan))
         wide: list[str] = []
         if fidelity < FIDELITY_TARGET:
-            ranking = _weight_sensitivity(prepared, scan, reference, work)
-            candidate = work / "candidate.onnx"
-            for weight in ranking[: max(1, int(len(ranking) * MAX_WIDE_FRACTION))]:
-                wide.append(weight)
-                _quantize_qdq(prepared, candidate, scan, wide)
-                if output_cosine(reference, _outputs(candidate, scan)) >= FIDELITY_TARGET:
-                    break
+            ranking = _weight_sensitivity(prepared, scan, reference)
+            wide = _fewest_wide_weights(prepared, scan, reference, ranking, work / "candidate.onnx")
             _quantize_qdq(prepared, destination, batches, wide)
             fidelity = output_cosine(reference, _outputs(destination, scan))
     LOG.info("static INT8: output cosine %.5f (all INT8 %.5f), 16-bit weights %s", fidelity, int8_fidelity, wide)
     return {"output_cosine": fidelity, "int8_only_output_cosine": int8_fidelity, "int16_weights": wide}
+
+
+def _fewest_wide_weights(
+    source: Path, scan: list[dict[str, np.ndarray]], reference: list[list[np.ndarray]], ranking: list[str], out: Path
+) -> list[str]:
+    """The shortest head of `ranking` kept at 16 bits that reaches FIDELITY_TARGET (bisection; capped)."""
+    low, high = 1, max(1, int(len(ranking) * MAX_WIDE_FRACTION))
+    _quantize_qdq(source, out, scan, ranking[:high])
+    if output_cosine(reference, _outputs(out, scan)) < FIDELITY_TARGET:
+        return ranking[:high]  # the cap: as close as allowed; export.json records the cosine reached
+    while low < high:
+        middle = (low + high) // 2
+        _quantize_qdq(source, out, scan, ranking[:middle])
+        if output_cosine(reference, _outputs(out, scan)) >= FIDELITY_TARGET:
+            high = middle
+        else:
+            low = middle + 1
+    return ranking[:high]
 
 
 def _quantize_qdq(
@@ -129,27 +143,55 @@ def _quantize_qdq(
 
 
 def _weight_sensitivity(
-    source: Path, scan: list[dict[str, np.ndarray]], reference: list[list[np.ndarray]], work: Path
+    source: Path, scan: list[dict[str, np.ndarray]], reference: list[list[np.ndarray]]
 ) -> list[str]:
-    """Weight initialisers of Conv/MatMul/Gemm nodes, the one whose node alone quantised costs most first."""
-    import onnx
+    """Weights of Conv/MatMul/Gemm nodes, worst first: output cosine with that weight alone rounded as INT8 would.
 
-    model = onnx.load(str(source), load_external_data=False)
-    initialisers = {tensor.name for tensor in model.graph.initializer}
-    costs = []
-    single = work / "single.onnx"
+    Fake quantisation (per output channel, symmetric, REDUCE_RANGE bits) in an FP32 graph: no calibration
+    per candidate, so the scan costs one session per weight.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    initialisers = {tensor.name: tensor for tensor in model.graph.initializer}
+    weights = []
     for node in model.graph.node:
         if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in initialisers:
-            _quantize_qdq(source, single, scan, nodes=[node.name])
-            costs.append((output_cosine(reference, _outputs(single, scan)), node.input[1]))
-    return [weight for _, weight in sorted(costs)]
+            # per-channel axis as ORT quantises it: output channels (Conv: 0; MatMul/Gemm B: last, or 0 if transB)
+            trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+            axis = 0 if node.op_type == "Conv" or trans_b else -1
+            if node.input[1] not in (name for name, _ in weights):
+                weights.append((node.input[1], axis))
+    costs = []
+    for name, axis in weights:
+        tensor = initialisers[name]
+        original = numpy_helper.to_array(tensor)
+        tensor.CopyFrom(numpy_helper.from_array(_rounded_like_int8(original, axis), name))
+        costs.append((output_cosine(reference, _outputs_of(model.SerializeToString(), scan)), name))
+        tensor.CopyFrom(numpy_helper.from_array(original, name))
+    return [name for _, name in sorted(costs)]
+
+
+def _rounded_like_int8(weight: np.ndarray, axis: int) -> np.ndarray:
+    """`weight` quantised symmetrically per channel along `axis` to the INT8 (or 7-bit) grid and back."""
+    levels = 64 if REDUCE_RANGE else 127  # ORT: [-64, 64] with reduce_range
+    moved = np.moveaxis(weight.astype(np.float32), axis, 0)  # (C, ...)
+    scale = np.abs(moved).reshape(moved.shape[0], -1).max(axis=1) / levels  # (C,)
+    scale = np.where(scale > 0, scale, 1.0).reshape(-1, *([1] * (moved.ndim - 1)))
+    return np.moveaxis(np.clip(np.round(moved / scale), -levels, levels) * scale, 0, axis).astype(weight.dtype)
 
 
 def _outputs(path: Path, batches: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Every output of the ONNX graph at `path` for each batch (CPU execution provider)."""
+    return _outputs_of(str(path), batches)
+
+
+def _outputs_of(model: str | bytes, batches: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Every output of an ONNX graph (a path or serialised bytes) for each batch."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     names = [spec.name for spec in session.get_inputs()]
     return [session.run(None, {name: batch[name] for name in names}) for batch in batches]
 
