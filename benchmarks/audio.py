@@ -127,16 +127,6 @@ def openai_whisper_window(audio: np.ndarray, tokens: int) -> tuple[float, float]
     return time.perf_counter() - started, encoded_at - started
 
 
-def int8_dot_product_isa() -> list[str]:
-    """The CPU's int8 dot-product instruction sets (CTranslate2's int8 GEMM needs one to beat FP32 by much)."""
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"})
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -146,6 +136,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from mmfusion.audio.call import call_analyzer
     from mmfusion.pipeline import Pipeline
+    from mmfusion.runtime.quantize import cpu_int8_dot_product
 
     pipeline = Pipeline("call-centre")
     analyzer = call_analyzer(pipeline)
@@ -158,7 +149,7 @@ def main() -> None:
     ct2_runs = [ctranslate2_window(whisper_model, call, args.tokens) for _ in range(args.repeats)]
     ct2, decoded, ct2_encoder = min(ct2_runs)
     torch_s, torch_encoder = min(openai_whisper_window(call, decoded) for _ in range(args.repeats))
-    isa = int8_dot_product_isa()
+    isa = cpu_int8_dot_product()
     results = {
         "threads": args.threads,
         "real_time": rtf,

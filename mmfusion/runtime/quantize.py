@@ -220,6 +220,17 @@ def output_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.nda
     return lowest
 
 
+def cpu_int8_dot_product() -> list[str]:
+    """This CPU's int8 dot-product instruction sets; without one, INT8 GEMM gains little over FP32 on x86."""
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def convert_fp16_onnx(source: Path, destination: Path) -> None:
     """FP16 weights and compute with FP32 inputs/outputs (for CUDA execution providers)."""
     import onnx
