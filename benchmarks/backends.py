@@ -6,7 +6,7 @@ of a process that holds only that backend, and model size; plus the ViT-B-32 end
 so its resident memory is its own. Targets are ratios measured in the same run:
 ORT INT8 >= 3x torch eager FP32 (ViT-B-32, batch 8), end-to-end >= 15 images/s, INT8 size <= 50% of FP32.
 
-    .venv/bin/python benchmarks/backends.py [--threads 2] [--seconds 2]
+    .venv/bin/python benchmarks/backends.py [--threads 2] [--seconds 1.5]
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def run_worker(model_dir: Path, backend: str, seconds: float, end_to_end: bool) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per batch size and backend")
+    parser.add_argument("--seconds", type=float, default=1.5, help="timing budget per batch size and backend")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL_DIR", "BACKEND"), help=argparse.SUPPRESS)
     parser.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
