@@ -120,9 +120,8 @@ def _quantize_qdq(
     destination: Path,
     batches: list[dict[str, np.ndarray]],
     wide_weights: tuple[str, ...] | list[str] = (),
-    nodes: list[str] | None = None,
 ) -> None:
-    """One QDQ quantisation of `source`: INT8 except `wide_weights` (16-bit); only `nodes` when given."""
+    """One QDQ quantisation of `source`: INT8 except `wide_weights` (16-bit)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -149,7 +148,6 @@ def _quantize_qdq(
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_quantize=nodes,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": overrides},
     )
 

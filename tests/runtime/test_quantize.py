@@ -75,3 +75,21 @@ def test_dynamic_int8_quantises_matmuls(tmp_path, tiny_fp32):
     fp32 = dict(zip(names, ort.InferenceSession(str(source)).run(names, feed)))
     int8 = dict(zip(names, ort.InferenceSession(str(target)).run(names, feed)))
     assert compare_outputs(fp32, int8)["min_cosine"] >= 0.98
+
+
+def test_output_cosine_and_int8_rounding():
+    from mmfusion.runtime.quantize import _rounded_like_int8, output_cosine
+
+    rng = np.random.default_rng(0)
+    outputs = [[rng.standard_normal((2, 5, 8)).astype(np.float32)]]
+    assert output_cosine(outputs, outputs) == pytest.approx(1.0)
+    assert output_cosine(outputs, [[-outputs[0][0]]]) == pytest.approx(-1.0)
+    scales = np.array([1e-3, 1.0, 10.0, 0.0], np.float32)[:, None, None, None]  # a dead channel included
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * scales  # (C_out, C_in, kh, kw)
+    rounded = _rounded_like_int8(weight, 0)
+    for channel in range(4):
+        step = np.abs(weight[channel]).max() / 64  # symmetric 7-bit grid per output channel (reduce_range)
+        assert np.abs(rounded[channel] - weight[channel]).max() <= step / 2 + 1e-9
+        assert np.abs(rounded[channel]).max() == pytest.approx(np.abs(weight[channel]).max(), rel=1e-6)
+    matmul = rng.standard_normal((6, 4)).astype(np.float32)  # MatMul B: channels on the last axis
+    assert np.abs(_rounded_like_int8(matmul, -1) - matmul).max() <= (np.abs(matmul).max(axis=0) / 128).max() + 1e-9
