@@ -81,3 +81,22 @@ def test_higher_scores_claim_the_true_box_first():
 def test_image_counts_must_agree():
     with pytest.raises(ValueError, match="2 predicted images but 1"):
         box_metrics([[], []], [[]])
+
+
+def test_cross_calibrated_fscore_judges_each_half_at_the_other_halfs_threshold():
+    from mmfusion.detection.deeppcb_train import cross_calibrated
+
+    truth, candidates = [], []
+    for index in range(6):
+        truth.append([Box(10, 10, 30, 30, "open")])
+        hit = Box(11, 11, 30, 30, "open", score=0.9)
+        # even images (first half): a confident false box above the hit; odd images: a weak one
+        false = Box(60, 60, 80, 80, "short", score=0.95 if index % 2 == 0 else 0.2)
+        candidates.append([hit, false])
+    crossed = cross_calibrated(candidates, truth, iou_threshold=0.33, min_score=0.05)
+    # both halves' best-F thresholds keep their hits (0.9) and drop the odd half's weak false boxes
+    assert all(0.2 < threshold <= 0.9 for threshold in crossed["thresholds"])
+    # so the even half's 0.95 false boxes pass, and the odd half's 0.2 ones do not
+    assert crossed["recall"] == pytest.approx(1.0)
+    assert crossed["precision"] == pytest.approx(6 / 9)
+    assert crossed["fscore"] == pytest.approx(2 * (6 / 9) / (1 + 6 / 9))
