@@ -100,6 +100,13 @@ def export_group_onnx(graph: PipelineGraph, group: str, path: Path) -> tuple[lis
     return input_specs, output_specs
 
 
+def row_cosines(expected: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Cosine of each row pair of two (N, D) arrays, as float64; 1.0 where either row is all zeros."""
+    expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1)  # (N,)
+    return np.where(norms > 0, (expected * got).sum(1) / np.maximum(norms, 1e-30), 1.0)
+
+
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, float]:
     """Worst relative max difference and worst per-row cosine over every float output."""
     worst_relative, worst_cosine = 0.0, 1.0
@@ -110,9 +117,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
             raise ValueError(f"output {name}: shape {got.shape} differs from torch's {expected.shape}")
         scale = max(float(np.abs(expected).max(initial=0.0)), 1e-12)
         worst_relative = max(worst_relative, float(np.abs(got - expected).max(initial=0.0)) / scale)
-        rows_got, rows_expected = got.reshape(len(got), -1), expected.reshape(len(expected), -1)
-        norms = np.linalg.norm(rows_got, axis=1) * np.linalg.norm(rows_expected, axis=1)
-        cosine = np.where(norms > 0, (rows_got * rows_expected).sum(1) / np.maximum(norms, 1e-30), 1.0)
+        cosine = row_cosines(expected.reshape(len(expected), -1), got.reshape(len(got), -1))  # (B,)
         worst_cosine = min(worst_cosine, float(cosine.min(initial=1.0)))
     return {"max_relative_difference": worst_relative, "min_cosine": worst_cosine}
 

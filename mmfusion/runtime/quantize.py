@@ -208,13 +208,13 @@ def _outputs_of(model: str | bytes, batches: list[dict[str, np.ndarray]]) -> lis
 
 def output_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
     """Mean cosine over the rows (last axis) of every output, the lowest over outputs; 1.0 = identical."""
+    from mmfusion.runtime.export import row_cosines
+
     lowest = 1.0
     for index in range(len(reference[0])):
-        expected = np.concatenate([np.asarray(r[index], np.float64).reshape(-1, r[index].shape[-1]) for r in reference])
-        got = np.concatenate([np.asarray(c[index], np.float64).reshape(-1, c[index].shape[-1]) for c in candidate])
-        norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1)
-        cosine = np.where(norms > 0, (expected * got).sum(1) / np.maximum(norms, 1e-30), 1.0)
-        lowest = min(lowest, float(cosine.mean()))
+        expected = np.concatenate([r[index].reshape(-1, r[index].shape[-1]) for r in reference])  # (rows, D)
+        got = np.concatenate([c[index].reshape(-1, c[index].shape[-1]) for c in candidate])  # (rows, D)
+        lowest = min(lowest, float(row_cosines(expected, got).mean()))
     return lowest
 
 
