@@ -64,6 +64,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 def _describe_runtime(model_dir: Path, config) -> None:
     """The runtime block and every export under versions/ (verified against its sha256 manifest)."""
     from mmfusion.runtime.exported import folder_size, list_exports
+    from mmfusion.runtime.recheck import recheck_margin
 
     runtime = config.runtime.model_dump(exclude_defaults=True)
     print(f"  runtime        {config.runtime.backend} {runtime or ''}")
@@ -76,7 +77,9 @@ def _describe_runtime(model_dir: Path, config) -> None:
             print(f"  export {where}: REFUSED: {status}")
             continue
         size = folder_size(folder) / 1e6
-        print(f"  export {where}: {info.precision}, groups {', '.join(info.graphs)}, {size:.1f} MB, {status}")
+        margin = recheck_margin(config.runtime, info.precision)
+        recheck = f", FP32 re-check within {margin:.0%} of a threshold" if margin else ""
+        print(f"  export {where}: {info.precision}, groups {', '.join(info.graphs)}, {size:.1f} MB, {status}{recheck}")
         full = max(info.graphs.values(), key=lambda graph: len(graph.inputs))
         print(f"    inputs  {'; '.join(spec.describe() for spec in full.inputs)}")
         print(f"    outputs {'; '.join(spec.describe() for spec in full.outputs)}")

@@ -127,6 +127,9 @@ class RuntimeSpec(BaseModel):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     providers: list[str] | None = None
     """onnxruntime execution providers in order of preference; default: the best the installed package has."""
+    recheck_margin: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Exported reduced-precision graphs: items whose decision score lies within this fraction of a head's
+    threshold are scored again by the FP32 torch graph. None: 0.03 for int8, off otherwise; 0: off."""
 
     @field_validator("backend")
     @classmethod
@@ -148,6 +151,8 @@ class RuntimeSpec(BaseModel):
             raise ValueError(f"compile: true applies to the torch backend only, not {self.backend}")
         if self.providers is not None and self.backend != "onnxruntime":
             raise ValueError(f"providers apply to the onnxruntime backend only, not {self.backend}")
+        if self.recheck_margin and self.backend == "torch":
+            raise ValueError("recheck_margin applies to exported back ends (onnxruntime, tensorrt), not torch")
         return self
 
 

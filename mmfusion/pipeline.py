@@ -16,6 +16,7 @@ from mmfusion.encoders.base import Encoder
 from mmfusion.graph import PipelineGraph, input_name, output_name
 from mmfusion.media import check_audio, check_image, decode_audio, decode_image
 from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, load_all
+from mmfusion.runtime.recheck import Fp32Recheck
 from mmfusion.training.versions import load_version_config, load_version_weights, version_folder
 from mmfusion.types import InputError, Inputs, Modality, Prediction
 
@@ -128,6 +129,7 @@ class Pipeline:
         runtime = runtime_for(self.config, backend)
         self.backend = BACKENDS.get(runtime.backend)(runtime)
         self.backend.load(self.model_dir, self.graph, version=self.version)
+        self.recheck = Fp32Recheck(self.graph, runtime, self.backend.precision)
 
     @property
     def version(self) -> int:
@@ -212,8 +214,10 @@ class Pipeline:
         results: list[Prediction | None] = [None] * len(prepared)
         for modalities, indices in groups.items():
             group = [prepared[i] for i in indices]
-            outputs = self.backend.run(self._preprocess(group))
-            for index, heads in zip(indices, self._postprocess(outputs, group)):
+            arrays = self._preprocess(group)
+            per_item = self._postprocess(self.backend.run(arrays), group)
+            per_item = self.recheck(per_item, arrays, group, self._postprocess)
+            for index, heads in zip(indices, per_item):
                 results[index] = Prediction(
                     model=self.name,
                     modalities=tuple(m.value for m in modalities),

@@ -127,6 +127,12 @@ class PatchCoreHead(Head):
             )
         return results
 
+    def decision_margin(self, result: dict[str, Any]) -> float | None:
+        if "raw_score" not in result:
+            return None  # not fitted: no verdict to be near
+        threshold = self.calibration.image_threshold
+        return abs(result["raw_score"] - threshold) / max(abs(threshold), 1e-12)
+
     # fitting -----------------------------------------------------------------------------------------------
 
     def _name_in(self, pipeline: Pipeline) -> str:

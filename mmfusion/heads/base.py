@@ -36,3 +36,7 @@ class Head(nn.Module):
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Turn this head's raw batch outputs into one plain-Python result per item."""
         raise NotImplementedError
+
+    def decision_margin(self, result: dict[str, Any]) -> float | None:
+        """How far a result's score lies from this head's threshold, as a fraction of it; None: no threshold."""
+        return None

@@ -63,6 +63,11 @@ class Backend:
         """The '<head>.<key>' outputs of the graph."""
         raise NotImplementedError
 
+    @property
+    def precision(self) -> str:
+        """The precision the graph runs at (exported back ends: the export's)."""
+        return self.runtime.precision or "fp32"
+
     def describe(self) -> str:
         """One line: backend, precision, device (what `mmfusion describe` and logs show)."""
         return f"{self.registry_name} {self.runtime.precision or 'fp32'} on {self.runtime.device}"

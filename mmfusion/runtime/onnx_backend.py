@@ -64,6 +64,10 @@ class OnnxRuntimeBackend(Backend):
         self.folder: Path | None = None
         self.providers: list[str] = []
 
+    @property
+    def precision(self) -> str:
+        return self.info.precision if self.info is not None else self.runtime.precision or "fp32"
+
     def load(self, model_dir: str | Path, graph: PipelineGraph | None = None, version: int | None = None) -> None:
         try:
             import onnxruntime as ort

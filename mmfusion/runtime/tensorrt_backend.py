@@ -194,6 +194,10 @@ class TensorRTBackend(Backend):
         self.profiles: dict[str, list[Shapes]] = {}
         self.stream: torch.cuda.Stream | None = None
 
+    @property
+    def precision(self) -> str:
+        return self.info.precision if self.info is not None else self.runtime.precision or "fp32"
+
     def load(self, model_dir: str | Path, graph: PipelineGraph | None = None, version: int | None = None) -> None:
         trt = require_tensorrt()
         machine = {**gpu_identity(), "tensorrt": trt.__version__}

@@ -45,6 +45,16 @@ def test_map_keeps_a_non_square_image_size_and_finds_the_defect(fitted, suite):
     assert top["x1"] <= peak_x < top["x2"] and top["y1"] <= peak_y < top["y2"]
 
 
+def test_decision_margin_is_the_distance_from_the_image_threshold(fitted, suite):
+    pipeline = Pipeline(fitted)
+    head = pipeline.graph.heads["anomaly"]
+    threshold = head.calibration.image_threshold
+    result = pipeline.predict(image=load_manifest(suite["test"])[0].read_image()).outputs["anomaly"]
+    assert head.decision_margin(result) == pytest.approx(abs(result["raw_score"] - threshold) / threshold)
+    assert head.decision_margin({**result, "raw_score": threshold * 1.02}) == pytest.approx(0.02)
+    assert head.decision_margin({"fitted": False, "message": "not fitted"}) is None
+
+
 def test_unfitted_head_says_so_and_forward_needs_a_grid():
     head = PatchCoreHead(PatchCoreParams(), 8, HeadSpec(name="anomaly.patchcore"))
     tokens = torch.randn(2, 6, 8)  # (B, h*w, D)

@@ -54,6 +54,12 @@ def test_describe_shows_exports_and_refuses_tampered_ones(tiny_fp32, tmp_path, c
     assert "versions/1/onnx: REFUSED" in capsys.readouterr().out
 
 
+def test_describe_shows_the_fp32_recheck_of_an_int8_export(tiny_int8, capsys):
+    assert main(["describe", str(tiny_int8)]) == 0
+    shown = capsys.readouterr().out
+    assert "versions/1/onnx: int8" in shown and "FP32 re-check within 3% of a threshold" in shown
+
+
 def test_predict_with_backend_flag_matches_torch(tiny_fp32, tmp_path, capsys):
     import cv2
 

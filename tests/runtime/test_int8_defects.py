@@ -1,4 +1,4 @@
-"""INT8 parity on the synthetic defect suite: ORT static INT8 against torch FP32 on a fitted anomaly model."""
+"""INT8 parity on the synthetic defect suite: ORT static INT8 (alone and with the FP32 re-check) against torch FP32."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import pytest
 
 from mmfusion.anomaly.evaluation import image_metrics, score_rows
 from mmfusion.anomaly.fitting import fit_model
+from mmfusion.config import RuntimeSpec
 from mmfusion.data.manifest import load_manifest, write_manifest
 from mmfusion.data.synthetic import make_synthetic_suite
 from mmfusion.pipeline import Pipeline
 from mmfusion.runtime.export import export_model
 from mmfusion.runtime.exported import EXPORT_FILE, export_dir
 from mmfusion.runtime.quantize import FIDELITY_TARGET, MAX_WIDE_FRACTION
+from mmfusion.runtime.recheck import DEFAULT_INT8_MARGIN
 from tests.anomaly.conftest import IMAGE_SIZE, small_anomaly_model
 
 
@@ -35,10 +37,14 @@ def fitted_int8(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scored(fitted_int8):
+    """Scores from torch FP32, from INT8 alone (re-check off) and from INT8 with the default FP32 re-check."""
     model, rows = fitted_int8
     reference, _ = score_rows(Pipeline(model, backend="torch"), rows)
-    quantized, _ = score_rows(Pipeline(model, backend="onnxruntime"), rows)
-    return reference["anomaly"], quantized["anomaly"]
+    quantized, _ = score_rows(Pipeline(model, backend=RuntimeSpec(backend="onnxruntime", recheck_margin=0.0)), rows)
+    rechecking = Pipeline(model, backend="onnxruntime")
+    rechecked, _ = score_rows(rechecking, rows)
+    threshold = json.loads((model / "fitted" / "anomaly" / "calibration.json").read_text())["image_threshold"]
+    return reference["anomaly"], quantized["anomaly"], rechecked["anomaly"], rechecking.recheck.items, threshold
 
 
 @pytest.mark.slow
@@ -56,20 +62,40 @@ def test_int8_export_keeps_sensitive_weights_wide_and_records_fidelity(fitted_in
 
 @pytest.mark.slow
 def test_int8_image_auroc_drops_at_most_a_hundredth(scored):
-    fp32, int8 = scored
+    fp32, int8, _, _, _ = scored
     fp32_auroc, int8_auroc = image_metrics(fp32)["image_auroc"], image_metrics(int8)["image_auroc"]
     assert fp32_auroc >= 0.8  # the suite is separable, so the comparison means something
     assert int8_auroc >= fp32_auroc - 0.01, (fp32_auroc, int8_auroc)
 
 
+def _agreement(a, b) -> float:
+    return sum(x.label == y.label for x, y in zip(a, b)) / len(a)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="static INT8 (16-bit weights kept where it matters, output cosine >= 0.997) agrees with FP32 verdicts on "
-    "96-97% of the synthetic suite, not the 99% the runtime issue asks: the flips are parts scoring within 2% of "
-    "the threshold",
-    strict=False,
-)
-def test_int8_verdicts_agree_on_99_percent(scored):
-    fp32, int8 = scored
-    agreement = sum(a.label == b.label for a, b in zip(fp32, int8)) / len(fp32)
-    assert agreement >= 0.99, agreement
+def test_int8_alone_moves_scores_by_a_few_percent_and_flips_only_borderline_parts(scored):
+    fp32, int8, _, _, threshold = scored
+    errors = [abs(q.score - f.score) / f.score for f, q in zip(fp32, int8)]
+    assert sorted(errors)[len(errors) // 2] < 0.02  # median
+    assert _agreement(fp32, int8) >= 0.93
+    for f, q in zip(fp32, int8):
+        if f.label != q.label:  # a flip: both scores near the threshold
+            assert abs(f.score - threshold) / threshold < 0.05, (f.score, q.score, threshold)
+
+
+@pytest.mark.slow
+def test_int8_verdicts_agree_on_99_percent_with_the_fp32_recheck(scored):
+    fp32, _, rechecked, items, _ = scored
+    assert _agreement(fp32, rechecked) >= 0.99
+    assert 0 < items <= 0.25 * len(fp32)  # the re-check is a small share of the parts, not all of them
+
+
+@pytest.mark.slow
+def test_recheck_replaces_exactly_the_borderline_parts_with_fp32_scores(scored):
+    fp32, int8, rechecked, items, threshold = scored
+    near = [abs(q.score - threshold) / threshold <= DEFAULT_INT8_MARGIN for q in int8]
+    assert sum(near) == items
+    for is_near, f, q, r in zip(near, fp32, int8, rechecked):
+        expected = f if is_near else q
+        assert r.score == pytest.approx(expected.score, rel=1e-5)
+        assert r.label == expected.label

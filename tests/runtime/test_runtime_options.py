@@ -24,6 +24,8 @@ from tests.runtime.conftest import tiny_config
         ({"backend": "torch", "providers": ["CPUExecutionProvider"]}, "providers apply to the onnxruntime backend"),
         ({"backend": "openvino"}, "'openvino' is not a known backend; allowed: onnxruntime, tensorrt, torch"),
         ({"threads": 0}, "runtime.threads: Input should be greater than or equal to 1"),
+        ({"backend": "torch", "recheck_margin": 0.05}, "recheck_margin applies to exported back ends"),
+        ({"backend": "onnxruntime", "recheck_margin": 1.5}, "runtime.recheck_margin: Input should be less than"),
         ({"speed": "fast"}, "runtime.speed: unknown key; allowed: backend, precision, device"),
     ],
 )
