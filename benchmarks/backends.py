@@ -5,7 +5,8 @@ of a process that holds only that backend, and model size; plus the ViT-B-32 end
 (preprocess + backend + postprocess) on the fastest backend. Every configuration runs in its own process
 (forked from a server that imported the model stack once) so its resident memory is its own. Targets are
 ratios measured in the same run: ORT INT8 >= 3x torch eager FP32 (ViT-B-32, batch 8), end-to-end >= 15
-images/s, INT8 size <= 50% of FP32.
+images/s, INT8 size <= 50% of FP32. A single matrix product at ViT-B-32's MLP shape, timed per kernel,
+shows how much INT8 can gain on this CPU at all.
 
     .venv/bin/python benchmarks/backends.py [--threads 2] [--seconds 1.5]
 """
@@ -162,10 +163,12 @@ def worker(model_dir: Path, backend: str, seconds: float, end_to_end: bool) -> d
         from mmfusion.pipeline import Pipeline
         from mmfusion.types import Inputs
 
-        pipeline = pipeline if backend == "torch" else Pipeline(model_dir, backend=backend)
+        if backend != "torch":
+            runner.close()  # one session in the process: an idle one's spinning threads would compete
+            pipeline = Pipeline(model_dir, backend=backend)
         images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(8)]
         items = [Inputs(image=image) for image in images]
-        latencies = _time_calls(lambda: pipeline.predict_batch(items), seconds)
+        latencies = _time_calls(lambda: pipeline.predict_batch(items), 2 * seconds)
         result["end_to_end_images_per_second"] = len(items) * len(latencies) / sum(latencies)
     return result
 
@@ -244,6 +247,7 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     summary = summarise(rows)
+    kernels = gemm_kernels(args.threads)
     report = {
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
@@ -252,6 +256,7 @@ def main() -> int:
         "seconds": time.perf_counter() - started,
         "export_seconds": export_seconds,
         "rows": rows,
+        "gemm_gops": kernels,
         "targets": summary,
     }
     print_table(rows, summary, report)
@@ -259,6 +264,68 @@ def main() -> int:
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten {RESULTS.relative_to(REPO)}")
     return 0
+
+
+VIT_MLP_GEMM = (400, 768, 3072)
+"""(M, K, N) of ViT-B-32's first MLP product at batch 8 (8 images x 50 tokens): most of its compute."""
+
+
+def gemm_kernels(threads: int, repeats: int = 40) -> dict[str, float]:
+    """G(FL)OPS of one matrix product at VIT_MLP_GEMM: torch FP32, ORT FP32, ORT uint8 x int8 (7-bit weights).
+
+    The INT8 kernel over torch FP32 bounds what INT8 can gain end to end on this CPU.
+    """
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = VIT_MLP_GEMM
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((k, n)).astype(np.float32)  # (K, N)
+    activations = rng.standard_normal((m, k)).astype(np.float32)  # (M, K)
+
+    def session(op: str, x_type: int, y_type: int, initialisers: list) -> ort.InferenceSession:
+        inputs = ["x", "w", "x_zero"][: len(initialisers) + 1]
+        graph = helper.make_graph(
+            [helper.make_node(op, inputs, ["y"])],
+            op,
+            [helper.make_tensor_value_info("x", x_type, [m, k])],
+            [helper.make_tensor_value_info("y", y_type, [m, n])],
+            initialisers,
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    fp32 = session("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, [numpy_helper.from_array(weight, "w")])
+    weight_int8 = rng.integers(-64, 64, (k, n)).astype(np.int8)  # reduce_range: 7-bit weights, as exported
+    int8 = session(
+        "MatMulInteger",
+        TensorProto.UINT8,
+        TensorProto.INT32,
+        [numpy_helper.from_array(weight_int8, "w"), numpy_helper.from_array(np.array(128, np.uint8), "x_zero")],
+    )
+    activations_uint8 = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    torch.set_num_threads(threads)
+    torch_weight, torch_activations = torch.from_numpy(weight), torch.from_numpy(activations)
+    calls = {
+        "torch fp32": lambda: torch_activations @ torch_weight,
+        "onnxruntime fp32": lambda: fp32.run(None, {"x": activations}),
+        "onnxruntime int8": lambda: int8.run(None, {"x": activations_uint8}),
+    }
+    operations = 2 * m * k * n
+    result = {}
+    for name, call in calls.items():
+        call()
+        best = float("inf")
+        for _ in range(3):
+            began = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            best = min(best, (time.perf_counter() - began) / repeats)
+        result[name] = operations / best / 1e9
+    return result
 
 
 def _row(rows: list[dict], model: str, backend: str, precision: str, batch: int) -> dict:
@@ -308,6 +375,14 @@ def print_table(rows: list[dict], summary: dict, report: dict) -> None:
             f"  {name:45s} {target['value']:7.2f}  target {target['target']:5.2f}  "
             f"{'met' if target['met'] else 'MISSED'}"
         )
+    kernels = report["gemm_gops"]
+    m, k, n = VIT_MLP_GEMM
+    print(
+        f"GEMM kernels at ViT-B-32's MLP shape ({m}x{k}x{n}), G(FL)OPS: "
+        + ", ".join(f"{name} {value:.0f}" for name, value in kernels.items())
+        + f"; INT8 kernel / torch FP32 {kernels['onnxruntime int8'] / kernels['torch fp32']:.2f}x "
+        "(the ceiling of the end-to-end INT8 gain)"
+    )
     print(
         f"total {report['seconds']:.0f} s (exports: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["export_seconds"].items())

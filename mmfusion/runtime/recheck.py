@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ class Fp32Recheck:
         self.margin = recheck_margin(runtime, precision)
         self.threads = runtime.threads
         self.backend: Backend | None = None
+        self._building = threading.Lock()
         self.items = 0
         """Items scored again so far (what the margin costs)."""
 
@@ -61,16 +63,22 @@ class Fp32Recheck:
         near = borderline(self.graph, per_item, self.margin)
         if not near:
             return per_item
-        if self.backend is None:
-            from mmfusion.runtime.torch_backend import TorchBackend
-
-            self.backend = TorchBackend(RuntimeSpec(backend="torch", threads=self.threads))
-            self.backend.load("", self.graph)
         rows = np.asarray(near)
-        outputs = self.backend.run({name: array[rows] for name, array in arrays.items()})
+        outputs = self._fp32().run({name: array[rows] for name, array in arrays.items()})
         self.items += len(near)
         LOG.debug("re-checked %d of %d items in FP32 (margin %.3f)", len(near), len(per_item), self.margin)
         replaced = list(per_item)
         for index, results in zip(near, postprocess(outputs, [items[i] for i in near])):
             replaced[index] = results
         return replaced
+
+    def _fp32(self) -> Backend:
+        """The torch backend over the pipeline's graph (FP32, CPU), built once."""
+        with self._building:
+            if self.backend is None:
+                from mmfusion.runtime.torch_backend import TorchBackend
+
+                backend = TorchBackend(RuntimeSpec(backend="torch", threads=self.threads))
+                backend.load("", self.graph)
+                self.backend = backend
+            return self.backend

@@ -1,4 +1,4 @@
-"""The CPU-runnable parts of benchmarks/gpu_check.py (its --device cpu --dry mode) and the stream simulator."""
+"""The CPU-runnable parts of benchmarks/gpu_check.py (--device cpu --dry), the stream simulator, the GEMM probe."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+import backends  # noqa: E402
 import gpu_check  # noqa: E402
 
 
@@ -49,3 +50,9 @@ def test_stream_simulation_batches_waiting_frames_and_keeps_up_when_fast():
     slow = _FixedCost(0.2)  # 5 calls a second for 160 frames a second: frames must be batched and some dropped
     stats = gpu_check.simulate_streams(slow, np.zeros((3, 4, 4), np.float32), 8, 20.0, 1.0, max_batch=64)
     assert max(slow.batches) > 1 and stats["dropped_frames"] > 0 and stats["p99_ms"] >= 200
+
+
+def test_gemm_kernel_probe_times_torch_and_both_onnxruntime_kernels():
+    kernels = backends.gemm_kernels(threads=1, repeats=1)
+    assert set(kernels) == {"torch fp32", "onnxruntime fp32", "onnxruntime int8"}
+    assert all(0 < value < 1e5 for value in kernels.values())  # G(FL)OPS of one core, not a unit slip
