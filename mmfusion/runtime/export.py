@@ -238,7 +238,7 @@ def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, stag
                 f"{parity['max_relative_difference']:.2e}, min cosine {parity['min_cosine']:.6f}); not written"
             )
         target = staging / file_name
-        quantization, mixed = None, {}
+        quantization, mixed, bits = None, {}, None
         if kind == "tensorrt" or precision == "fp32":
             shutil.copyfile(fp32_path, target)
         elif precision == "fp16":
@@ -246,10 +246,9 @@ def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, stag
         elif rows is not None and key == "image":
             batches = list(quantize.calibration_batches(pipeline, rows))
             mixed = quantize.quantize_static_onnx(fp32_path, target, batches)
-            quantization = "static-qdq"
+            quantization, bits = "static-qdq", mixed["weight_bits"]
         else:
-            quantize.quantize_dynamic_onnx(fp32_path, target)
-            quantization = "dynamic"
+            quantization, bits = "dynamic", quantize.quantize_dynamic_onnx(fp32_path, target)
         if quantization is not None:
             parity = compare_outputs(reference, _onnx_outputs(target, check, output_names))
             if mixed:
@@ -263,7 +262,7 @@ def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, stag
         limits = _dim_limits(graph, inputs)
         engine = build_engine(target, staging / f"{key}.engine", precision, batch_sizes, inputs, calibration, limits)
     wide = list(mixed.get("int16_weights", []))
-    return ExportedGraph(key, file_name, inputs, outputs, quantization, parity, engine, wide)
+    return ExportedGraph(key, file_name, inputs, outputs, quantization, parity, engine, wide, bits)
 
 
 def _dim_limits(graph: PipelineGraph, inputs: list[TensorSpec]) -> dict[str, int]:

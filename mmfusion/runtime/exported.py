@@ -36,6 +36,8 @@ class ExportedGraph:
     engine: dict[str, Any] = field(default_factory=dict)
     int16_weights: list[str] = field(default_factory=list)
     """Weights a static INT8 export kept at 16 bits to hold its output fidelity (see runtime.quantize)."""
+    weight_bits: int | None = None
+    """INT8 exports: 7 (made on a CPU without int8 dot-product instructions) or 8 (made on one with them)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class ExportedGraph:
             "parity": self.parity,
             "engine": self.engine,
             "int16_weights": self.int16_weights,
+            "weight_bits": self.weight_bits,
         }
 
     @classmethod
@@ -59,6 +62,7 @@ class ExportedGraph:
             parity=dict(raw.get("parity") or {}),
             engine=dict(raw.get("engine") or {}),
             int16_weights=list(raw.get("int16_weights") or []),
+            weight_bits=raw.get("weight_bits"),
         )
 
 

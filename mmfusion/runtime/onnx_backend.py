@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from mmfusion.types import InputError
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"
+LOG = logging.getLogger(__name__)
 
 
 def choose_providers(runtime: RuntimeSpec, available: list[str]) -> list[str]:
@@ -53,6 +55,22 @@ def session_options(runtime: RuntimeSpec):
     return options
 
 
+def warn_if_weights_may_saturate(info: ExportInfo, folder: Path) -> bool:
+    """Warn (and say True) when 8-bit INT8 weights meet a CPU whose uint8 x int8 products can saturate."""
+    from mmfusion.runtime.quantize import cpu_int8_dot_product
+
+    full = [group for group, graph in info.graphs.items() if graph.weight_bits == 8]
+    if not full or cpu_int8_dot_product():
+        return False
+    LOG.warning(
+        "%s: graphs %s have 8-bit INT8 weights (exported on a CPU with VNNI/AMX); this CPU has no int8 "
+        "dot-product instructions, so its uint8 x int8 products can saturate and move scores: re-export here "
+        "(`mmfusion export %s --precision int8`) for 7-bit weights",
+        folder, ", ".join(full), info.model,
+    )  # fmt: skip
+    return True
+
+
 @BACKENDS.register("onnxruntime")
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime on an exported model: CPU, or the CUDA / TensorRT providers when the package has them."""
@@ -78,6 +96,7 @@ class OnnxRuntimeBackend(Backend):
         model_dir = Path(model_dir)
         version = version if version is not None else load_config(model_dir).version
         self.folder, self.info = open_export(model_dir, version, self.registry_name, self.runtime.precision)
+        warn_if_weights_may_saturate(self.info, self.folder)
         self.providers = choose_providers(self.runtime, ort.get_available_providers())
         options = session_options(self.runtime)
         self.sessions = {

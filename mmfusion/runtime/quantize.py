@@ -14,8 +14,6 @@ import numpy as np
 from mmfusion.security.integrity import sha256_file
 from mmfusion.types import InputError, Inputs, Modality
 
-REDUCE_RANGE = True
-"""7-bit weights: u8 x s8 products saturate on AVX2 CPUs without VNNI (measured: cosine 0.968 -> 0.996)."""
 DYNAMIC_OPS = ["MatMul", "Gemm"]
 """Dynamic INT8 pays off on matrix products; ConvInteger is slower than FP32 convolution in ORT on CPU."""
 CALIBRATION_BATCH = 8
@@ -36,10 +34,11 @@ def _preprocessed(source: Path, work: Path) -> Path:
     return target
 
 
-def quantize_dynamic_onnx(source: Path, destination: Path) -> None:
-    """INT8 weights, activations quantised per batch at run time (no calibration data needed)."""
+def quantize_dynamic_onnx(source: Path, destination: Path) -> int:
+    """INT8 weights, activations quantised per batch at run time (no calibration data needed); the weight bits."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    bits = weight_bits()
     with tempfile.TemporaryDirectory(prefix="mmfusion-quant-") as work:
         prepared = _preprocessed(source, Path(work))
         quantize_dynamic(
@@ -47,10 +46,11 @@ def quantize_dynamic_onnx(source: Path, destination: Path) -> None:
             str(destination),
             op_types_to_quantize=DYNAMIC_OPS,
             per_channel=True,
-            reduce_range=REDUCE_RANGE,
+            reduce_range=bits == 7,
             weight_type=QuantType.QInt8,
             extra_options={"MatMulConstBOnly": True},
         )
+    return bits
 
 
 FIDELITY_TARGET = 0.997
@@ -94,7 +94,12 @@ def quantize_static_onnx(source: Path, destination: Path, batches: list[dict[str
             "(the cap); check the parity figures in export.json before serving it",
             fidelity, FIDELITY_TARGET, len(wide),
         )  # fmt: skip
-    return {"output_cosine": fidelity, "int8_only_output_cosine": int8_fidelity, "int16_weights": wide}
+    return {
+        "output_cosine": fidelity,
+        "int8_only_output_cosine": int8_fidelity,
+        "int16_weights": wide,
+        "weight_bits": weight_bits(),
+    }
 
 
 def _fewest_wide_weights(
@@ -144,7 +149,7 @@ def _quantize_qdq(
         BatchReader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        reduce_range=REDUCE_RANGE,
+        reduce_range=weight_bits() == 7,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
@@ -157,7 +162,7 @@ def _weight_sensitivity(
 ) -> list[str]:
     """Weights of Conv/MatMul/Gemm nodes, worst first: output cosine with that weight alone rounded as INT8 would.
 
-    Fake quantisation (per output channel, symmetric, REDUCE_RANGE bits) in an FP32 graph: no calibration
+    Fake quantisation (per output channel, symmetric, weight_bits()) in an FP32 graph: no calibration
     per candidate, so the scan costs one session per weight.
     """
     import onnx
@@ -173,19 +178,19 @@ def _weight_sensitivity(
             axis = 0 if node.op_type == "Conv" or trans_b else -1
             if node.input[1] not in (name for name, _ in weights):
                 weights.append((node.input[1], axis))
-    costs = []
+    costs, bits = [], weight_bits()
     for name, axis in weights:
         tensor = initialisers[name]
         original = numpy_helper.to_array(tensor)
-        tensor.CopyFrom(numpy_helper.from_array(_rounded_like_int8(original, axis), name))
+        tensor.CopyFrom(numpy_helper.from_array(_rounded_like_int8(original, axis, bits), name))
         costs.append((output_cosine(reference, _outputs_of(model.SerializeToString(), scan)), name))
         tensor.CopyFrom(numpy_helper.from_array(original, name))
     return [name for _, name in sorted(costs)]
 
 
-def _rounded_like_int8(weight: np.ndarray, axis: int) -> np.ndarray:
-    """`weight` quantised symmetrically per channel along `axis` to the INT8 (or 7-bit) grid and back."""
-    levels = 64 if REDUCE_RANGE else 127  # ORT: [-64, 64] with reduce_range
+def _rounded_like_int8(weight: np.ndarray, axis: int, bits: int = 7) -> np.ndarray:
+    """`weight` quantised symmetrically per channel along `axis` to the `bits` grid (7: ORT's reduce_range) and back."""
+    levels = 64 if bits == 7 else 127  # ORT: [-64, 64] with reduce_range, else [-127, 127]
     moved = np.moveaxis(weight.astype(np.float32), axis, 0)  # (C, ...)
     scale = np.abs(moved).reshape(moved.shape[0], -1).max(axis=1) / levels  # (C,)
     scale = np.where(scale > 0, scale, 1.0).reshape(-1, *([1] * (moved.ndim - 1)))
@@ -227,6 +232,15 @@ def cpu_int8_dot_product() -> list[str]:
             flags = set(line.split(":", 1)[1].split())
             break
     return sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def weight_bits() -> int:
+    """INT8 weight bits for this CPU: 8 with an int8 dot-product instruction, else 7 (ORT's reduce_range).
+
+    Without VNNI/AMX, x86 multiplies uint8 x int8 with vpmaddubsw, whose int16 pair sums saturate; 7-bit
+    weights keep them in range (tiny test model: cosine 0.968 -> 0.996). VNNI accumulates in int32.
+    """
+    return 8 if cpu_int8_dot_product() else 7
 
 
 def convert_fp16_onnx(source: Path, destination: Path) -> None:

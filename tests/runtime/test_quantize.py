@@ -93,3 +93,42 @@ def test_output_cosine_and_int8_rounding():
         assert np.abs(rounded[channel]).max() == pytest.approx(np.abs(weight[channel]).max(), rel=1e-6)
     matmul = rng.standard_normal((6, 4)).astype(np.float32)  # MatMul B: channels on the last axis
     assert np.abs(_rounded_like_int8(matmul, -1) - matmul).max() <= (np.abs(matmul).max(axis=0) / 128).max() + 1e-9
+
+
+def test_int8_weights_use_8_bits_only_where_the_cpu_has_int8_dot_products(
+    tiny_int8, calibration_manifest, tmp_path, monkeypatch, caplog
+):
+    import onnx
+    from onnx import numpy_helper
+
+    from mmfusion.runtime import quantize
+    from mmfusion.runtime.export import export_model
+    from mmfusion.runtime.exported import ExportInfo
+    from mmfusion.runtime.onnx_backend import warn_if_weights_may_saturate
+    from tests.runtime.conftest import write_tiny_model
+
+    def largest_int8_weight(folder) -> int:
+        model = onnx.load(str(folder / "image.onnx"))
+        weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        return max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.size > 1)
+
+    here = quantize.weight_bits()
+    assert here == (8 if quantize.cpu_int8_dot_product() else 7)
+    made_here = export_dir(tiny_int8, 1, "onnx")
+    assert json.loads((made_here / EXPORT_FILE).read_text())["graphs"]["image"]["weight_bits"] == here
+    if here == 7:
+        assert largest_int8_weight(made_here) <= 64  # reduce_range: [-64, 64]
+
+    monkeypatch.setattr(quantize, "cpu_int8_dot_product", lambda: ["avx512_vnni"])
+    assert quantize.weight_bits() == 8
+    model = write_tiny_model(tmp_path / "tiny")
+    folder = export_model(model, "onnx", "int8", calibration=calibration_manifest, groups="image")
+    info = ExportInfo.from_dict(json.loads((folder / EXPORT_FILE).read_text()))
+    assert info.graphs["image"].weight_bits == 8 and largest_int8_weight(folder) > 64
+    assert not warn_if_weights_may_saturate(info, folder)  # a VNNI CPU runs it as made
+
+    monkeypatch.setattr(quantize, "cpu_int8_dot_product", lambda: [])
+    with caplog.at_level("WARNING", logger="mmfusion.runtime.onnx_backend"):
+        pipeline = Pipeline(model, backend="onnxruntime")
+    assert "8-bit INT8 weights" in caplog.text and "re-export here" in caplog.text
+    assert pipeline.predict(image=RED + 5).outputs["colour"]["label"] == "red"  # it still runs
