@@ -92,6 +92,12 @@ class ServiceMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
+        self.fp32_rechecks = Counter(
+            "mmfusion_fp32_rechecks_total",
+            "Items an INT8 graph scored near a threshold and the FP32 graph scored again (runtime.recheck_margin)",
+            model_version,
+            registry=self.registry,
+        )
         self.cache_hits = Counter("mmfusion_cache_hits_total", "Result cache hits", ("model",), registry=self.registry)
         self.cache_misses = Counter(
             "mmfusion_cache_misses_total", "Result cache misses", ("model",), registry=self.registry
@@ -142,11 +148,22 @@ class ServiceMetrics:
         for seconds in queue_seconds:
             queue_histogram.observe(seconds)
 
-    def batch_hook(self, model: str, version: int | str) -> Callable[[int, list[float], float], None]:
-        """An on_batch callback for BatchScheduler that records into these metrics."""
+    def batch_hook(
+        self, model: str, version: int | str, rechecked: Callable[[], int] | None = None
+    ) -> Callable[[int, list[float], float], None]:
+        """An on_batch callback for BatchScheduler that records into these metrics.
+
+        `rechecked`: the model's running count of FP32 re-checks (Pipeline.recheck.items), read after each batch.
+        """
+        seen = [rechecked() if rechecked is not None else 0]
 
         def on_batch(batch_size: int, queue_seconds: list[float], compute_seconds: float) -> None:
             self.record_batch(model, version, batch_size, queue_seconds, compute_seconds)
+            if rechecked is not None:
+                count = rechecked()
+                if count > seen[0]:
+                    self.fp32_rechecks.labels(model, str(version)).inc(count - seen[0])
+                    seen[0] = count
 
         return on_batch
 

@@ -118,7 +118,11 @@ class ModelManager:
             scheduler = BatchScheduler(
                 ModelRunner(pipeline),
                 name=config.name,
-                on_batch=self.metrics.batch_hook(config.name, version) if self.metrics is not None else None,
+                on_batch=(
+                    self.metrics.batch_hook(config.name, version, rechecked=lambda: pipeline.recheck.items)
+                    if self.metrics is not None
+                    else None
+                ),
                 counted=is_inference,
                 **self.batching.as_kwargs(),
             )

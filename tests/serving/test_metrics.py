@@ -42,6 +42,21 @@ def test_requests_and_batches_are_exported_under_triton_names():
     assert exported[("mmfusion_compute_seconds_count", labels)] == 1
 
 
+def test_fp32_rechecks_are_counted_from_the_pipelines_running_total():
+    metrics = ServiceMetrics()
+    total = [5]  # re-checks before serving began (e.g. a warm-up) are not the service's
+    hook = metrics.batch_hook("defect", 1, rechecked=lambda: total[0])
+    hook(8, [0.0] * 8, 0.01)
+    labels = (("model", "defect"), ("version", "1"))
+    assert ("mmfusion_fp32_rechecks_total", labels) not in samples(metrics)
+    total[0] = 7
+    hook(8, [0.0] * 8, 0.01)
+    total[0] = 8
+    hook(4, [0.0] * 4, 0.01)
+    hook(4, [0.0] * 4, 0.01)
+    assert samples(metrics)[("mmfusion_fp32_rechecks_total", labels)] == 3
+
+
 def test_triton_counters_use_bare_names_like_triton():
     metrics = ServiceMetrics()
     metrics.record_request("defect", 2, success=True)
