@@ -21,7 +21,7 @@ from tests.anomaly.conftest import IMAGE_SIZE, small_anomaly_model
 
 @pytest.fixture(scope="module")
 def fitted_int8(tmp_path_factory):
-    """A small anomaly model fitted on good parts, exported as INT8 calibrated on those good parts."""
+    """A small anomaly model fitted on good parts, exported as INT8 calibrated on its train and validation parts."""
     root = tmp_path_factory.mktemp("int8-defects")
     suite = make_synthetic_suite(root / "suite", n_train_good=20, n_val=16, n_test=100, size=IMAGE_SIZE, seed=1)
     model = small_anomaly_model(root / "source" / "small-anomaly")
