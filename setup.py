@@ -46,7 +46,7 @@ setup(
     description="Multimodal inspection and analysis pipelines: encoders -> fusion -> heads, served over gRPC.",
     python_requires=">=3.11",
     packages=find_packages(include=["mmfusion", "mmfusion.*"]),
-    package_data={"mmfusion": ["prompts/templates/*.yaml", "audio/*.yaml"]},
+    package_data={"mmfusion": ["prompts/templates/*.yaml", "calls/*.yaml"]},
     install_requires=RUNTIME,
     extras_require={
         "onnx": ONNX,
@@ -64,5 +64,5 @@ setup(
             "soundfile>=0.12",
         ],
     },
-    entry_points={"console_scripts": ["mmfusion=mmfusion.cli:main"]},
+    entry_points={"console_scripts": ["mmfusion=mmfusion.cli.main:main"]},
 )

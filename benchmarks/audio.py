@@ -39,7 +39,7 @@ def clips() -> list[np.ndarray]:
 
 
 def real_time_factor(analyzer, waveforms: list[np.ndarray]) -> dict:
-    from mmfusion.audio.decode import CallAudio
+    from mmfusion.calls.decode import CallAudio
 
     analyzer.analyze(CallAudio(waveforms[0][None], SAMPLE_RATE))  # warm-up
     wall = cpu = 0.0
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from mmfusion.audio.call import call_analyzer
+    from mmfusion.calls.call import call_analyzer
     from mmfusion.pipeline import Pipeline
     from mmfusion.runtime.quantize import cpu_int8_dot_product
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfusion.anomaly.evaluation import evaluate
-from mmfusion.anomaly.fitting import fit_model
-from mmfusion.anomaly.memory_bank import MemoryBank
 from mmfusion.config import ConfigError
 from mmfusion.data.manifest import load_manifest
 from mmfusion.data.synthetic import make_synthetic_suite
+from mmfusion.evaluation.anomaly import evaluate
+from mmfusion.fitting.model import fit_model
+from mmfusion.heads.patchcore.memory_bank import MemoryBank
 from mmfusion.pipeline import Pipeline
 from mmfusion.types import InputError, Inputs
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 
 sys.exit(main())

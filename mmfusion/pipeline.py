@@ -16,8 +16,8 @@ from mmfusion.encoders.base import Encoder
 from mmfusion.graph import PipelineGraph, input_name, output_name
 from mmfusion.media import check_audio, check_image, decode_audio, decode_image
 from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, load_all
+from mmfusion.repository.versions import load_version_config, load_version_weights, version_folder
 from mmfusion.runtime.recheck import Fp32Recheck
-from mmfusion.training.versions import load_version_config, load_version_weights, version_folder
 from mmfusion.types import InputError, Inputs, Modality, Prediction
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -46,7 +46,7 @@ def resolve_model_dir(model: str | Path) -> Path:
 
 def verify_model_folder(model_dir: Path) -> None:
     """Check a model folder against its sha256 manifest, when it has one, before anything is loaded."""
-    from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, verify_manifest
+    from mmfusion.repository.manifests import MANIFEST_NAME, IntegrityError, verify_manifest
 
     if (model_dir / MANIFEST_NAME).is_file():
         try:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.pipeline import REPO_MODELS
 from tests.test_pipeline import tiny_model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mmfusion.demo import run_demo
+from mmfusion.demo.run import run_demo
 
 
 def test_demo_local_sections(capsys, tmp_path):

@@ -160,7 +160,7 @@ def test_example_label_must_be_declared(tmp_path):
 
 
 def test_model_folder_with_manifest_is_verified_before_load(tmp_path):
-    from mmfusion.security.integrity import write_manifest
+    from mmfusion.repository.manifests import write_manifest
 
     folder = tiny_model(tmp_path / "signed")
     write_manifest(folder)

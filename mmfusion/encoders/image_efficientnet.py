@@ -64,7 +64,7 @@ class EfficientNetLite0Encoder(Encoder):
         if params.checkpoint is not None:
             self._load(params.checkpoint)
         elif params.weights == "embedded":
-            from mmfusion.embedded import efficientnet_lite0_checkpoint
+            from mmfusion.encoders.embedded import efficientnet_lite0_checkpoint
 
             self._load(str(efficientnet_lite0_checkpoint()))
         # Depthwise convolutions run ~1.4x faster on CPU in channels-last layout (measured: benchmarks/).

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from mmfusion.anomaly.features import aggregate_patches, letterbox
 from mmfusion.config import PartParams, format_validation_error
 from mmfusion.encoders.base import Encoder
+from mmfusion.encoders.patch_grid import aggregate_patches, letterbox
 from mmfusion.media import check_image
 from mmfusion.registry import ENCODERS, load_all
 from mmfusion.types import Embedding, Modality

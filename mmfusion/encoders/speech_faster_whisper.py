@@ -68,7 +68,7 @@ class FasterWhisperEncoder(Encoder):
     def __init__(self, params: FasterWhisperParams) -> None:
         super().__init__(params)
         if params.model_dir is None:
-            from mmfusion.embedded import faster_whisper_base_dir
+            from mmfusion.encoders.embedded import faster_whisper_base_dir
 
             folder = faster_whisper_base_dir()
         else:

@@ -51,7 +51,7 @@ class HFTextEncoder(Encoder):
 
         folder = Path(params.path) if params.path else None
         if folder is None:
-            from mmfusion.embedded import minilm_dir
+            from mmfusion.encoders.embedded import minilm_dir
 
             folder = minilm_dir()
         if not (folder / "config.json").is_file():

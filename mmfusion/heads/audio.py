@@ -1,6 +1,6 @@
 """Call labels head: a trainable classifier over late-fused speech (whisper encoder) and text embeddings.
 
-Out of the box call analysis labels segments zero-shot (mmfusion/audio/labels.py); once labelled
+Out of the box call analysis labels segments zero-shot (mmfusion/calls/labels.py); once labelled
 segments exist, this head is fitted (`fit`, `save_fitted`) and loaded from `fitted/<head>/` at
 pipeline load, and from then on it labels the segments instead.
 """
@@ -100,7 +100,7 @@ class CallLabelsHead(Head):
 
     def load_fitted(self, folder: str | Path) -> None:
         """Load weights written by `save_fitted`; the label order must match the config's."""
-        from mmfusion.security.integrity import safe_torch_load
+        from mmfusion.repository.manifests import safe_torch_load
 
         folder = Path(folder)
         labels = json.loads((folder / LABELS_FILE).read_text()) if (folder / LABELS_FILE).is_file() else None

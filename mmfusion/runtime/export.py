@@ -154,7 +154,7 @@ def check_export_request(kind: str, precision: str, calibration: str | Path | No
 
 def _refresh_model_manifest(model_dir: Path, added: Path) -> None:
     """A model folder with its own sha256 manifest gets the new export's files added (after checking the rest)."""
-    from mmfusion.security.integrity import MANIFEST_NAME, write_manifest
+    from mmfusion.repository.manifests import MANIFEST_NAME, write_manifest
 
     manifest = model_dir / MANIFEST_NAME
     if not manifest.is_file():

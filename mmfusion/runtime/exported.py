@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mmfusion.config import ConfigError
+from mmfusion.repository.manifests import MANIFEST_NAME, IntegrityError, verify_manifest, write_manifest
 from mmfusion.runtime.base import TensorSpec
-from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, verify_manifest, write_manifest
 
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT = 1

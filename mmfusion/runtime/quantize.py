@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mmfusion.security.integrity import sha256_file
+from mmfusion.repository.manifests import sha256_file
 from mmfusion.types import InputError, Inputs, Modality
 
 DYNAMIC_OPS = ["MatMul", "Gemm"]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from mmfusion.audio.call import is_call_model
+from mmfusion.calls.call import is_call_model
 from mmfusion.config import ConfigError
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
@@ -317,8 +317,8 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     def _analyze_call(
         self, entry: ModelEntry, data: bytes, first: pb.AudioChunk, received: float, context: grpc.ServicerContext
     ) -> pb.InspectionResult:
-        from mmfusion.audio.decode import decode_call_audio
-        from mmfusion.audio.service import call_to_proto, call_work
+        from mmfusion.calls.decode import decode_call_audio
+        from mmfusion.serving.calls import call_to_proto, call_work
 
         audio = decode_call_audio(data, first.encoding, first.sample_rate, first.channels, "audio")
         submitted = time.monotonic()

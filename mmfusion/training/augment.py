@@ -10,9 +10,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mmfusion.data.manifest import read_boxes
+from mmfusion.data.table import SOURCE_COLUMN, Table, TableRow, read_table, report_problems, write_table
 from mmfusion.media import decode_image
 from mmfusion.training import image_augment as ia
-from mmfusion.training.data import SOURCE_COLUMN, Table, TableRow, read_table, report_problems, write_table
 from mmfusion.training.glossary import Glossary, load_glossary, text_variants
 
 AUGMENTATION_COLUMN = "augmentation"

@@ -12,9 +12,9 @@ import numpy as np
 from datasketch import MinHashLSH
 from tqdm import tqdm
 
+from mmfusion.data.table import Table, TableRow, write_table
 from mmfusion.media import decode_audio, decode_image, video_frame_count
 from mmfusion.training import fingerprints as fp
-from mmfusion.training.data import Table, TableRow, write_table
 from mmfusion.types import InputError
 
 NEAR_ORDER = ("image", "audio", "text")
@@ -250,7 +250,7 @@ def clean_file(
     source: str | Path, out: str | Path, report: str | Path | None = None, options: CleanOptions | None = None
 ) -> tuple[CleanResult, Path]:
     """Clean a table file: write the cleaned table and the report (default: OUT with `.report.csv`)."""
-    from mmfusion.training.data import read_table
+    from mmfusion.data.table import read_table
 
     table = read_table(source, check_files=False, require_media=False)
     result = clean_table(table, options, progress=True)

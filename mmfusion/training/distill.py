@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmfusion.config import ConfigError
-from mmfusion.training import versions
+from mmfusion.repository import versions
 from mmfusion.training.engine import Example, History, LoopOptions, TaskModel, Trainer, load_examples, pick_device
 from mmfusion.training.finetune import classification_head, imprint_head
 from mmfusion.training.report import plot_curve, write_metrics

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mmfusion.data.table import read_table, report_problems
 from mmfusion.graph import PipelineGraph, input_name
-from mmfusion.training.data import read_table, report_problems
 from mmfusion.types import InputError, Inputs
 
 INPUT_COLUMNS = ("image", "video", "audio", "text", "reference")

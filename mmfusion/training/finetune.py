@@ -13,7 +13,8 @@ import torch.distributed as dist
 
 from mmfusion.config import ConfigError, PipelineConfig
 from mmfusion.graph import PipelineGraph
-from mmfusion.training import adapters, versions
+from mmfusion.repository import versions
+from mmfusion.training import adapters
 from mmfusion.training.engine import Example, History, TaskModel, Trainer, distributed, load_examples
 from mmfusion.training.options import METHODS, TrainOptions
 from mmfusion.training.report import plot_curve, write_metrics

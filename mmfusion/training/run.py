@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from mmfusion.repository.versions import state_for_saving
 from mmfusion.training.engine import pick_device
 from mmfusion.training.finetune import finetune
 from mmfusion.training.options import add_train_arguments, options_from_args
-from mmfusion.training.versions import state_for_saving
 
 RANKS_DIR = "ranks"
 

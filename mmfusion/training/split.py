@@ -6,7 +6,7 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from mmfusion.training.data import Table, TableRow, read_table, report_problems, write_table
+from mmfusion.data.table import Table, TableRow, read_table, report_problems, write_table
 
 SPLIT_NAMES = {2: ("train", "val"), 3: ("train", "val", "test")}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.data.synthetic import make_synthetic_suite
 
 IMAGE_SIZE = 128

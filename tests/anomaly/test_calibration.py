@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmfusion.anomaly.calibration import Calibration, best_f1_threshold, calibrate_scores, fdr_threshold
+from mmfusion.heads.patchcore.calibration import Calibration, best_f1_threshold, calibrate_scores, fdr_threshold
 from mmfusion.types import InputError
 
 

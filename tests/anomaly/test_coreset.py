@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmfusion.anomaly.coreset import coreset_size, greedy_coreset
-from mmfusion.anomaly.memory_bank import MemoryBank
+from mmfusion.heads.patchcore.coreset import coreset_size, greedy_coreset
+from mmfusion.heads.patchcore.memory_bank import MemoryBank
 
 
 def test_coreset_has_the_requested_size_and_keeps_far_points():

@@ -10,7 +10,7 @@ import torch
 
 from mmfusion.config import HeadSpec
 from mmfusion.data.manifest import load_manifest
-from mmfusion.heads.anomaly import PatchCoreHead, PatchCoreParams
+from mmfusion.heads.patchcore.head import PatchCoreHead, PatchCoreParams
 from mmfusion.pipeline import Pipeline
 from mmfusion.types import Embedding, Inputs
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.client import InspectionClient
 from mmfusion.data.manifest import load_manifest
 from mmfusion.pipeline import Pipeline

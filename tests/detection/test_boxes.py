@@ -84,7 +84,7 @@ def test_image_counts_must_agree():
 
 
 def test_cross_calibrated_fscore_judges_each_half_at_the_other_halfs_threshold():
-    from mmfusion.detection.deeppcb_train import cross_calibrated
+    from mmfusion.fitting.deeppcb import cross_calibrated
 
     truth, candidates = [], []
     for index in range(6):

@@ -13,9 +13,9 @@ import pytest
 from mmfusion.data.deeppcb import deeppcb_manifests
 from mmfusion.data.manifest import Box, load_manifest, write_manifest
 from mmfusion.evaluation.boxes import box_metrics
-from mmfusion.heads.detection import CALIBRATION_FILE, WEIGHTS_FILE
+from mmfusion.heads.detection.head import CALIBRATION_FILE, WEIGHTS_FILE
 from mmfusion.pipeline import FITTED_DIR, Pipeline, models_root
-from mmfusion.security.integrity import safe_torch_load
+from mmfusion.repository.manifests import safe_torch_load
 from mmfusion.types import InputError, Inputs
 from tests.detection.boards import SHORT_CENTRE, SPUR_CENTRE, clean_board, defective_board, near
 
@@ -27,7 +27,7 @@ VAL_PAIRS = ("20085002", "00041009")  # two pairs of the seed-0 validation part
 @pytest.fixture(scope="module")
 def template_model() -> Pipeline:
     if not (MODEL / FITTED_DIR / HEAD / WEIGHTS_FILE).is_file():
-        pytest.skip(f"{MODEL} has no fitted detector (run python -m mmfusion.detection.deeppcb_train)")
+        pytest.skip(f"{MODEL} has no fitted detector (run python -m mmfusion.fitting.deeppcb)")
     return Pipeline(MODEL)
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from mmfusion.client import InspectionClient, image_message
-from mmfusion.heads.detection import WEIGHTS_FILE
+from mmfusion.heads.detection.head import WEIGHTS_FILE
 from mmfusion.pipeline import FITTED_DIR, models_root
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving import build_server
@@ -18,7 +18,7 @@ MODEL = models_root() / "pcb-template"
 
 def test_inspect_with_reference_image_returns_typed_boxes(tmp_path):
     if not (MODEL / FITTED_DIR / "defects" / WEIGHTS_FILE).is_file():
-        pytest.skip(f"{MODEL} has no fitted detector (run python -m mmfusion.detection.deeppcb_train)")
+        pytest.skip(f"{MODEL} has no fitted detector (run python -m mmfusion.fitting.deeppcb)")
     shutil.copytree(MODEL, tmp_path / "pcb-template")
     with build_server(["pcb-template"], port=0, model_root=tmp_path) as server:
         with InspectionClient(f"127.0.0.1:{server.port}", timeout=60) as client:

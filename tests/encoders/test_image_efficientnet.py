@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from mmfusion.embedded import efficientnet_lite0_checkpoint
+from mmfusion.encoders.embedded import efficientnet_lite0_checkpoint
 from mmfusion.encoders.image_efficientnet import EfficientNetLite0Encoder, EfficientNetParams
 from mmfusion.media import decode_image
 

@@ -13,7 +13,7 @@ import whisper
 from whisper.model import ModelDimensions
 from whisper.normalizers import EnglishTextNormalizer
 
-from mmfusion import embedded
+from mmfusion.encoders import embedded
 from mmfusion.encoders.speech_faster_whisper import FasterWhisperEncoder, FasterWhisperParams
 from mmfusion.encoders.speech_whisper import WhisperEncoder, WhisperParams
 from mmfusion.media import SAMPLE_RATE, check_audio, decode_audio

@@ -28,7 +28,7 @@ def test_minilm_ranks_related_defect_text_first(minilm):
 def test_matches_sentence_transformers_reference(minilm):
     from sentence_transformers import SentenceTransformer
 
-    from mmfusion.embedded import minilm_dir
+    from mmfusion.encoders.embedded import minilm_dir
 
     reference = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
     sentences = ["a cold solder joint", "the camera lens is dirty"]
@@ -43,7 +43,7 @@ def test_mask_marks_padding(minilm):
 
 
 def test_local_folder_and_random_weights(tmp_path, minilm):
-    from mmfusion.embedded import minilm_dir
+    from mmfusion.encoders.embedded import minilm_dir
 
     random = HFTextEncoder(HFTextParams(path=str(minilm_dir()), weights="random")).eval()
     sentences = ["same text"]

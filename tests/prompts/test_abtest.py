@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.pipeline import Pipeline
 from mmfusion.prompts.abtest import load_eval_items, paired_bootstrap, run_ab, variants_from_files, write_outputs
 from mmfusion.prompts.compress import compress

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mmfusion.cli import main
-from mmfusion.embedded import minilm_dir
+from mmfusion.cli.main import main
+from mmfusion.encoders.embedded import minilm_dir
 
 RED = np.full((48, 64, 3), (220, 30, 30), np.uint8)
 BLUE = np.full((48, 64, 3), (30, 30, 220), np.uint8)

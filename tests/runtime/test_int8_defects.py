@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from mmfusion.anomaly.evaluation import image_metrics, score_rows
-from mmfusion.anomaly.fitting import fit_model
 from mmfusion.config import RuntimeSpec
 from mmfusion.data.manifest import load_manifest, write_manifest
 from mmfusion.data.synthetic import make_synthetic_suite
+from mmfusion.evaluation.anomaly import image_metrics, score_rows
+from mmfusion.fitting.model import fit_model
 from mmfusion.pipeline import Pipeline
 from mmfusion.runtime.export import export_model
 from mmfusion.runtime.exported import EXPORT_FILE, export_dir

@@ -11,10 +11,10 @@ import pytest
 
 from mmfusion.config import ConfigError
 from mmfusion.pipeline import Pipeline
+from mmfusion.repository.manifests import MANIFEST_NAME, sha256_file
 from mmfusion.runtime.base import DYNAMIC
 from mmfusion.runtime.export import compare_outputs, within_fp32_parity
 from mmfusion.runtime.exported import EXPORT_FILE, export_dir
-from mmfusion.security.integrity import MANIFEST_NAME, sha256_file
 from mmfusion.types import InputError, Inputs
 from tests.conftest import random_image
 from tests.runtime.conftest import BLUE, RED, copy_model

@@ -241,7 +241,7 @@ def test_the_request_id_comes_back_and_a_bad_one_is_replaced(server):
 
 
 def test_serve_flags_build_auth_policy_limits_and_tls(tmp_path, security_files, monkeypatch):
-    from mmfusion.cli import main
+    from mmfusion.cli.main import main
     from mmfusion.serving import server as server_module
 
     calls = []
@@ -262,7 +262,7 @@ def test_serve_flags_encrypt_the_audit_log_with_a_key_from_the_environment(tmp_p
     import base64
     import os
 
-    from mmfusion.cli import main
+    from mmfusion.cli.main import main
     from mmfusion.security.crypto import FieldCipher
     from mmfusion.serving import server as server_module
 
@@ -286,7 +286,7 @@ def test_serve_flags_encrypt_the_audit_log_with_a_key_from_the_environment(tmp_p
     ],
 )
 def test_impossible_security_flags_exit_2(capsys, flags, message):
-    from mmfusion.cli import main
+    from mmfusion.cli.main import main
 
     assert main(["serve", "--port", "0", *flags]) == 2
     error = capsys.readouterr().err

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.serving import build_server
 from tests.security.conftest import API_KEYS, auth_config
 from tests.test_pipeline import tiny_model

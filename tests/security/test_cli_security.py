@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mmfusion.cli_security import add_commands
+from mmfusion.cli.security import add_commands
 from mmfusion.security.audit import AuditLog, rotated_paths
 from mmfusion.security.crypto import KeyStore
 

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.serving import server
 from mmfusion.serving.models import ModelManager
 from tests.test_pipeline import tiny_model

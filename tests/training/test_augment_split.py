@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.data.manifest import load_manifest
-from mmfusion.training.data import read_table
+from mmfusion.data.table import read_table
 from mmfusion.training.glossary import GlossaryError, load_glossary, reorder_clauses, substitute, text_variants
 from mmfusion.training.image_augment import GEOMETRIC, transform_array
 from mmfusion.training.split import parse_ratios, split_table

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
+from mmfusion.data.table import TableError, read_table
 from mmfusion.training.clean import clean_table
-from mmfusion.training.data import TableError, read_table
 from mmfusion.training.fingerprints import audio_fingerprint, image_phash, jaccard, text_shingles
 from tests.training.helpers import read_rows, stripes, write_image, write_rows
 

@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.pipeline import REPO_MODELS, Pipeline
 from mmfusion.types import Inputs
 from tests.training.helpers import read_rows, text_model, tiny_bert

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from mmfusion.cli import main
+from mmfusion.cli.main import main
 from mmfusion.pipeline import Pipeline
-from mmfusion.training import versions
+from mmfusion.repository import versions
 from mmfusion.types import Inputs
 from tests.training.helpers import read_rows, text_table
 

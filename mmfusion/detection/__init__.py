@@ -1,1 +1,0 @@
-"""Golden-template defect detection: a small CenterNet-style network, its targets, box decoding and training."""

@@ -1,0 +1,1 @@
+"""PatchCore anomaly head: patch features in the graph; memory bank, coreset, calibration, maps and boxes outside it."""
