@@ -24,6 +24,7 @@ test: $(STAMP) system-deps lint
 lint: $(STAMP)
 	$(BIN)/ruff check mmfusion tests benchmarks
 	$(BIN)/ruff format --check mmfusion tests benchmarks
+	$(BIN)/lint-imports  # the floor plan: layer and forbidden-import contracts in pyproject.toml
 
 # System programs the TLS tests use: nginx (the TLS 1.3 front) and openssl. Installs them with apt-get
 # when missing and running as root; otherwise says what to install (the tests needing nginx then skip).

@@ -46,7 +46,7 @@ setup(
     description="Multimodal inspection and analysis pipelines: encoders -> fusion -> heads, served over gRPC.",
     python_requires=">=3.11",
     packages=find_packages(include=["mmfusion", "mmfusion.*"]),
-    package_data={"mmfusion": ["prompts/templates/*.yaml", "calls/*.yaml"]},
+    package_data={"mmfusion": ["templates/library/*.yaml", "templates/library/pools/*.csv", "calls/*.yaml"]},
     install_requires=RUNTIME,
     extras_require={
         "onnx": ONNX,
@@ -58,6 +58,7 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",
+            "import-linter>=2.1",  # the layer contracts in pyproject.toml
             "jiwer>=3.0",
             "grpcio-tools>=1.85.1",
             "hypothesis>=6.100",

@@ -127,11 +127,10 @@ def worker(model_dir: Path, backend: str, seconds: float, end_to_end: bool) -> d
     """Runs in a child process: load one backend only, time it per batch size, report peak RSS."""
     import torch
 
-    from mmfusion.config import load_config
-    from mmfusion.registry import BACKENDS, load_all
+    from mmfusion.repository.exports import load_backend
+    from mmfusion.repository.folder import read_config
 
-    load_all()
-    config = load_config(model_dir)
+    config = read_config(model_dir)
     torch.set_num_threads(config.runtime.threads or torch.get_num_threads())
     runtime = config.runtime.model_copy(update={"backend": backend})
     if backend == "torch":
@@ -141,10 +140,10 @@ def worker(model_dir: Path, backend: str, seconds: float, end_to_end: bool) -> d
         runner = pipeline.backend
         size_bytes = sum(p.numel() * p.element_size() for p in pipeline.graph.parameters())
     else:
-        from mmfusion.runtime.exported import export_dir, folder_size
+        from mmfusion.repository.exports import export_dir
+        from mmfusion.runtime.exported import folder_size
 
-        runner = BACKENDS.get(backend)(runtime)
-        runner.load(model_dir)
+        runner = load_backend(model_dir, runtime, config.version)
         size_bytes = folder_size(export_dir(model_dir, config.version, "onnx"))
     pixels = next(spec for spec in runner.input_specs() if spec.name == "image.pixels")
     rng = np.random.default_rng(0)
@@ -207,7 +206,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.5, help="timing budget per batch size and backend")
     args = parser.parse_args()
 
-    from mmfusion.runtime.export import export_model
+    from mmfusion.exporting import export_model
     from mmfusion.runtime.quantize import cpu_int8_dot_product
 
     started = time.perf_counter()

@@ -24,6 +24,7 @@ from mmfusion.config import ConfigError
 from mmfusion.data.manifest import load_manifest
 from mmfusion.data.synthetic import make_synthetic_suite
 from mmfusion.evaluation.anomaly import evaluate
+from mmfusion.fitting.detection import evaluate as evaluate_boxes
 from mmfusion.fitting.model import fit_model
 from mmfusion.heads.patchcore.memory_bank import MemoryBank
 from mmfusion.pipeline import Pipeline
@@ -159,8 +160,8 @@ def deeppcb_section(work: Path) -> dict[str, Any]:
         return {"skipped": "models/pcb-template gave no typed boxes to score"}
     # mAP ranks every candidate box (DeepPCB protocol), not only those kept at the operating threshold
     pipeline = Pipeline(model)
-    (head,) = (head for head in pipeline.graph.heads.values() if hasattr(head, "predicted_boxes"))
-    ranked = head.evaluate(pipeline, load_manifest(manifests["val"]))
+    (head_name,) = (name for name, spec in pipeline.config.heads.items() if spec.name == "detection")
+    ranked = evaluate_boxes(pipeline, head_name, load_manifest(manifests["val"]))
     pipeline.close()
     return {
         "deeppcb_fscore": metrics["fscore"],

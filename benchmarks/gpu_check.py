@@ -96,19 +96,16 @@ def load_runner(model: Path, variant: Variant, batch_sizes: tuple[int, ...]):
 
     from mmfusion.config import RuntimeSpec
     from mmfusion.pipeline import build_graph
-    from mmfusion.registry import BACKENDS, load_all
+    from mmfusion.repository.exports import load_backend
+    from mmfusion.repository.folder import read_config, resolve_model_dir
 
-    load_all()
     runtime = RuntimeSpec(**{k: v for k, v in variant.runtime.items() if not (variant.dry_compile and k == "compile")})
     if runtime.backend == "tensorrt":
-        from mmfusion.runtime.export import export_model
+        from mmfusion.exporting import export_model
 
         export_model(model, "tensorrt", "fp16", batch_sizes=batch_sizes)
-        backend = BACKENDS.get("tensorrt")(runtime)
-        backend.load(model)
-        return backend
-    backend = BACKENDS.get(runtime.backend)(runtime)
-    backend.load(model, build_graph(model))
+        return load_backend(resolve_model_dir(model), runtime, read_config(resolve_model_dir(model)).version)
+    backend = load_backend(resolve_model_dir(model), runtime, 1, build_graph(model))
     if variant.dry_compile:
         backend._forward = torch.compile(backend.graph, backend="eager", dynamic=True)
     return backend

@@ -19,13 +19,13 @@ import numpy as np
 import yaml
 
 from mmfusion.client import InspectionClient
-from mmfusion.pipeline import models_root
-from mmfusion.prompts.dataset import load_report_manifest, make_report_suite
-from mmfusion.prompts.metrics import report_fields, summarise
-from mmfusion.prompts.report import Report
-from mmfusion.prompts.template import load_template
-from mmfusion.prompts.train import train_cross_modal
+from mmfusion.reports.dataset import load_report_manifest, make_report_suite
+from mmfusion.reports.metrics import report_fields, summarise
+from mmfusion.reports.report import Report
+from mmfusion.reports.train import train_cross_modal
+from mmfusion.repository.folder import models_root
 from mmfusion.serving import build_server
+from mmfusion.templates.schema import load_template
 
 TEMPLATE = "defect_inspection@1"
 RESULTS = Path(__file__).resolve().parent / "results" / "reports.json"

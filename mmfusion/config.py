@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, Registry, load_all
+from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, Registry
 from mmfusion.types import Modality
 
 CONFIG_FILE = "config.yaml"
@@ -58,7 +58,9 @@ class PartSpec(BaseModel):
 
 
 def _check_name(registry: Registry, name: str) -> str:
-    load_all()
+    """A registered name; parts register where they are loaded (`mmfusion.parts.load_all`), not here."""
+    if not len(registry):
+        raise ValueError(f"'{name}': no {registry.kind} is registered yet; call mmfusion.parts.load_all() first")
     if name not in registry:
         raise ValueError(f"'{name}' is not a known {registry.kind}; allowed: {', '.join(registry.names())}")
     return name

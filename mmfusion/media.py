@@ -109,6 +109,18 @@ def check_wav_header(data: bytes, name: str = "audio", max_seconds: float = MAX_
         offset += 8 + size + (size & 1)
 
 
+def check_pcm16(data: bytes, sample_rate: int, channels: int, name: str = "audio") -> int:
+    """Check raw interleaved PCM16 against its declared rate and channel count (0 = mono); the channel count."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise InputError(f"{name}.sample_rate: {sample_rate} Hz; PCM16 needs {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    channels = channels or 1
+    if not 1 <= channels <= 8:
+        raise InputError(f"{name}.channels: {channels}; expected 1..8")
+    if len(data) % (2 * channels):
+        raise InputError(f"{name}.data: {len(data)} bytes is not a whole number of {channels}-channel PCM16 frames")
+    return channels
+
+
 def decode_audio(source: str | Path | bytes, name: str = "audio") -> np.ndarray:
     """Decode an audio file or bytes (WAV, FLAC, MP3, OGG, ...) to 16 kHz mono float32."""
     data = _read_bytes(source, name)

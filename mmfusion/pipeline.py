@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -15,44 +14,13 @@ from mmfusion.config import ConfigError, PipelineConfig, RuntimeSpec, load_confi
 from mmfusion.encoders.base import Encoder
 from mmfusion.graph import PipelineGraph, input_name, output_name
 from mmfusion.media import check_audio, check_image, decode_audio, decode_image
-from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, load_all
+from mmfusion.parts import load_all
+from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS
+from mmfusion.repository.exports import load_backend
+from mmfusion.repository.folder import fitted_dir, resolve_model_dir, verify_model_folder
 from mmfusion.repository.versions import load_version_config, load_version_weights, version_folder
 from mmfusion.runtime.recheck import Fp32Recheck
 from mmfusion.types import InputError, Inputs, Modality, Prediction
-
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-FITTED_DIR = "fitted"  # fitted/<head name>/: what a head learned from data (memory bank, weights, calibration)
-
-
-def models_root() -> Path:
-    """The model repository: $MMFUSION_MODELS, else the `models/` folder beside the package."""
-    return Path(os.environ.get("MMFUSION_MODELS", REPO_MODELS))
-
-
-def resolve_model_dir(model: str | Path) -> Path:
-    """A model name in the model repository, or a path to a model folder."""
-    path = Path(model)
-    if path.is_dir():
-        return path
-    candidate = models_root() / str(model)
-    if candidate.is_dir():
-        return candidate
-    available = sorted(p.name for p in models_root().glob("*/config.yaml") for p in [p.parent])
-    raise ConfigError(
-        f"model {str(model)!r} is neither a folder nor a model in {models_root()}; "
-        f"available: {', '.join(available) or 'none'}"
-    )
-
-
-def verify_model_folder(model_dir: Path) -> None:
-    """Check a model folder against its sha256 manifest, when it has one, before anything is loaded."""
-    from mmfusion.repository.manifests import MANIFEST_NAME, IntegrityError, verify_manifest
-
-    if (model_dir / MANIFEST_NAME).is_file():
-        try:
-            verify_manifest(model_dir)
-        except IntegrityError as error:
-            raise ConfigError(f"{model_dir}: refused to load: {error}") from None
 
 
 def build_graph(model_dir: str | Path, config: PipelineConfig | None = None) -> PipelineGraph:
@@ -127,8 +95,7 @@ class Pipeline:
         if self.version_dir is not None:
             load_version_weights(self.graph, self.version_dir)
         runtime = runtime_for(self.config, backend)
-        self.backend = BACKENDS.get(runtime.backend)(runtime)
-        self.backend.load(self.model_dir, self.graph, version=self.version)
+        self.backend = load_backend(self.model_dir, runtime, self.version, self.graph)
         self.recheck = Fp32Recheck(self.graph, runtime, self.backend.precision)
 
     @property
@@ -272,7 +239,7 @@ class Pipeline:
     def _load_fitted(self) -> None:
         """Give heads that learn from data (`load_fitted`) their artifacts from `fitted/<head>/`."""
         for head_name, head in self.graph.heads.items():
-            folder = self.model_dir / FITTED_DIR / head_name
+            folder = fitted_dir(self.model_dir, head_name)
             if hasattr(head, "load_fitted") and folder.is_dir():
                 head.load_fitted(folder)
 

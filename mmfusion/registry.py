@@ -47,11 +47,3 @@ ENCODERS = Registry("encoder")
 FUSIONS = Registry("fusion")
 HEADS = Registry("head")
 BACKENDS = Registry("backend")
-
-
-def load_all() -> None:
-    """Import every built-in part so that its registration runs."""
-    import mmfusion.encoders  # noqa: F401
-    import mmfusion.fusion  # noqa: F401
-    import mmfusion.heads  # noqa: F401
-    import mmfusion.runtime  # noqa: F401

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmfusion.parts import load_all
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -38,3 +40,9 @@ def random_waveform(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
     time = np.arange(int(16000 * seconds)) / 16000
     noise = np.random.default_rng(seed).normal(0, 0.01, time.size)
     return (0.3 * np.sin(2 * np.pi * 440 * time) + noise).astype(np.float32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def registered_parts() -> None:
+    """Config validation checks part names against the registries; the pipeline and CLI fill them, tests too."""
+    load_all()

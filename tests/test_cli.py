@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mmfusion.cli.main import main
-from mmfusion.pipeline import REPO_MODELS
+from mmfusion.repository.folder import REPO_MODELS
 from tests.test_pipeline import tiny_model
 
 SAMPLES = REPO_MODELS.parent / "samples"

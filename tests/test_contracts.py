@@ -9,7 +9,8 @@ import torch
 
 from mmfusion.config import HeadSpec
 from mmfusion.encoders.base import Encoder
-from mmfusion.registry import ENCODERS, FUSIONS, HEADS, load_all
+from mmfusion.parts import load_all
+from mmfusion.registry import ENCODERS, FUSIONS, HEADS
 from mmfusion.types import Embedding, Modality
 from tests.conftest import random_image, random_waveform
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mmfusion.config import load_config
-from mmfusion.pipeline import Pipeline, models_root
+from mmfusion.pipeline import Pipeline
+from mmfusion.repository.folder import models_root
 
 MODEL_DIRS = sorted(path.parent for path in models_root().glob("*/config.yaml"))
 

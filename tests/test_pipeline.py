@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from mmfusion.config import ConfigError
-from mmfusion.pipeline import Pipeline, resolve_model_dir
+from mmfusion.pipeline import Pipeline
+from mmfusion.repository.folder import resolve_model_dir
 from mmfusion.types import InputError, Inputs
 from tests.conftest import random_image
 
@@ -160,7 +161,7 @@ def test_example_label_must_be_declared(tmp_path):
 
 
 def test_model_folder_with_manifest_is_verified_before_load(tmp_path):
-    from mmfusion.repository.manifests import write_manifest
+    from mmfusion.security.integrity import write_manifest
 
     folder = tiny_model(tmp_path / "signed")
     write_manifest(folder)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, Registry, load_all
+from mmfusion.parts import load_all
+from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, Registry
 
 
 def test_register_and_get():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import jiwer
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
 from mmfusion.calls.compliance import CJK
-from mmfusion.types import InputError
+from mmfusion.data.csv_rows import collect_rows, read_rows
 
 REQUIRED_COLUMNS = ("audio", "text")
 
@@ -41,28 +40,19 @@ class AsrScore:
 
 def read_asr_manifest(path: str | Path) -> list[AsrItem]:
     """Rows of a CSV with columns audio,text (audio paths relative to the manifest); every bad row is reported."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"manifest {str(path)!r} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}: columns {reader.fieldnames}; expected at least {', '.join(REQUIRED_COLUMNS)}")
-        items, problems = [], []
-        for line, row in enumerate(reader, start=2):
-            audio = path.parent / (row["audio"] or "").strip()
-            if not (row["audio"] or "").strip() or not audio.is_file():
-                problems.append(f"line {line}: audio {row['audio']!r} does not exist")
-            elif not (row["text"] or "").strip():
-                problems.append(f"line {line}: text is empty; expected the reference transcript")
-            else:
-                items.append(AsrItem(line, audio, row["text"].strip()))
-    if problems:
-        raise InputError(f"{path}: " + "; ".join(problems))
-    if not items:
-        raise InputError(f"{path}: no rows; expected one row per audio file")
-    return items
+    root = Path(path).parent
+
+    def check(line: int, row: dict[str, str], problems: list[str]) -> AsrItem | None:
+        audio = root / row["audio"]
+        if not row["audio"] or not audio.is_file():
+            problems.append(f"line {line}: audio {row['audio']!r} does not exist")
+        elif not row["text"]:
+            problems.append(f"line {line}: text is empty; expected the reference transcript")
+        else:
+            return AsrItem(line, audio, row["text"])
+        return None
+
+    return collect_rows(path, read_rows(path, "manifest", REQUIRED_COLUMNS), check, expected="one row per audio file")
 
 
 def is_chinese(text: str) -> bool:

@@ -11,8 +11,7 @@ from whisper.tokenizer import LANGUAGES
 
 from mmfusion.config import ConfigError, LocalPath, validate_params
 from mmfusion.media import MAX_AUDIO_SECONDS
-
-CALL_FILE = "call.yaml"
+from mmfusion.repository.folder import CALL_FILE
 
 
 class _Strict(BaseModel):

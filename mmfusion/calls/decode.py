@@ -14,6 +14,7 @@ from mmfusion.media import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     SAMPLE_RATE,
+    check_pcm16,
     check_wav_header,
 )
 from mmfusion.types import InputError
@@ -62,13 +63,7 @@ def resample(channels: np.ndarray, rate: int) -> np.ndarray:
 
 def decode_pcm16(data: bytes, sample_rate: int, channels: int, name: str = "audio") -> np.ndarray:
     """Raw little-endian PCM16 with interleaved channels -> (C, N) float32 at 16 kHz."""
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise InputError(f"{name}.sample_rate: {sample_rate} Hz; PCM16 needs {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
-    channels = channels or 1
-    if not 1 <= channels <= 8:
-        raise InputError(f"{name}.channels: {channels}; expected 1..8")
-    if len(data) % (2 * channels):
-        raise InputError(f"{name}.data: {len(data)} bytes is not a whole number of {channels}-channel PCM16 frames")
+    channels = check_pcm16(data, sample_rate, channels, name)
     samples = np.frombuffer(data, "<i2").reshape(-1, channels).T.astype(np.float32) / 32768.0  # (C, N)
     if channels > MAX_CHANNELS:
         samples = samples.mean(0, keepdims=True)  # (1, N): no speaker mapping for more than two channels

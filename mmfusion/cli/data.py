@@ -80,8 +80,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    from mmfusion.pipeline import resolve_model_dir
     from mmfusion.repository import versions
+    from mmfusion.repository.folder import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
     current = versions.current_version(model_dir) or versions.base_version(model_dir)
@@ -100,7 +100,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_promote(args: argparse.Namespace) -> int:
-    from mmfusion.pipeline import resolve_model_dir
+    from mmfusion.repository.folder import resolve_model_dir
     from mmfusion.repository.versions import promote
 
     model_dir = resolve_model_dir(args.model)
@@ -109,7 +109,7 @@ def _cmd_models_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_rollback(args: argparse.Namespace) -> int:
-    from mmfusion.pipeline import resolve_model_dir
+    from mmfusion.repository.folder import resolve_model_dir
     from mmfusion.repository.versions import rollback
 
     model_dir = resolve_model_dir(args.model)

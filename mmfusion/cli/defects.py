@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mmfusion.heads.patchcore.calibration import RULES
+from mmfusion.fitting.thresholds import RULES
 from mmfusion.types import InputError
 
 HEADLINE_KEYS = (

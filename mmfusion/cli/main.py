@@ -23,8 +23,9 @@ EXIT_USAGE = 2
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from mmfusion.pipeline import models_root
-    from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, load_all
+    from mmfusion.parts import load_all
+    from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS
+    from mmfusion.repository.folder import model_folders, models_root
 
     load_all()
     for title, registry in (("encoders", ENCODERS), ("fusions", FUSIONS), ("heads", HEADS), ("backends", BACKENDS)):
@@ -33,17 +34,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
             doc = (registry.get(name).__doc__ or "").strip().splitlines()[0]
             print(f"  {name:28s} {doc}")
     print(f"models ({models_root()}):")
-    for config in sorted(models_root().glob("*/config.yaml")):
-        print(f"  {config.parent.name}")
+    for name in model_folders():
+        print(f"  {name}")
     return 0
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    from mmfusion.config import load_config
-    from mmfusion.pipeline import resolve_model_dir
+    from mmfusion.repository.folder import read_config, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
-    config = load_config(model_dir)
+    config = read_config(model_dir)
     if args.json:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
@@ -63,7 +63,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 def _describe_runtime(model_dir: Path, config) -> None:
     """The runtime block and every export under versions/ (verified against its sha256 manifest)."""
-    from mmfusion.runtime.exported import folder_size, list_exports
+    from mmfusion.repository.exports import list_exports
+    from mmfusion.runtime.exported import folder_size
     from mmfusion.runtime.recheck import recheck_margin
 
     runtime = config.runtime.model_dump(exclude_defaults=True)

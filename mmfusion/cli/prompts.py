@@ -22,7 +22,7 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from mmfusion.prompts.template import library, load_template
+    from mmfusion.templates.schema import library, load_template
 
     for name, versions in library().items():
         for version in sorted(versions):
@@ -32,8 +32,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from mmfusion.prompts.render import render
-    from mmfusion.prompts.template import load_template
+    from mmfusion.reports.render import render
+    from mmfusion.templates.schema import load_template
 
     template = load_template(args.template)
     values = _pairs(args.field, "--field")
@@ -46,7 +46,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from mmfusion.prompts.compress import compress
+    from mmfusion.reports.compress import compress
 
     text = args.text if args.text != "-" else sys.stdin.read()
     print(compress(text, args.max_chars))
@@ -54,8 +54,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from mmfusion.prompts.dataset import make_report_suite
-    from mmfusion.prompts.template import load_template
+    from mmfusion.reports.dataset import make_report_suite
+    from mmfusion.templates.schema import load_template
 
     path = make_report_suite(args.folder, args.count, load_template(args.template), args.size, args.seed)
     print(path)
@@ -63,7 +63,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mmfusion.prompts.train import train_cross_modal
+    from mmfusion.reports.train import train_cross_modal
 
     result = train_cross_modal(args.model, args.data, args.epochs, args.batch_size, args.learning_rate, args.seed, True)
     print(
@@ -75,8 +75,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_ab(args: argparse.Namespace) -> int:
     from mmfusion.pipeline import Pipeline
-    from mmfusion.prompts.abtest import load_eval_items, run_ab, table, variants_from_files, write_outputs
-    from mmfusion.prompts.noise import NOISE
+    from mmfusion.reports.abtest import load_eval_items, run_ab, table, variants_from_files, write_outputs
+    from mmfusion.reports.noise import NOISE
 
     budgets = {}
     for name, value in _pairs(args.compress, "--compress").items():

@@ -6,7 +6,8 @@ import argparse
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from mmfusion.runtime.export import check_export_request, export_model
+    from mmfusion.exporting import export_model
+    from mmfusion.runtime.export import check_export_request
     from mmfusion.runtime.exported import EXPORT_FILE, folder_size, read_export
     from mmfusion.runtime.specs import parse_batch_sizes
 

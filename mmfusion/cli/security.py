@@ -43,7 +43,7 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest_write(args: argparse.Namespace) -> int:
-    from mmfusion.repository.manifests import write_manifest
+    from mmfusion.security.integrity import write_manifest
 
     destination = write_manifest(args.folder, args.files or None)
     print(f"wrote {destination}")
@@ -51,7 +51,7 @@ def _cmd_manifest_write(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest_verify(args: argparse.Namespace) -> int:
-    from mmfusion.repository.manifests import verify_manifest
+    from mmfusion.security.integrity import verify_manifest
 
     count = verify_manifest(args.folder)
     print(f"ok: {count} files match {Path(args.folder) / 'manifest.json'}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mmfusion.data.csv_rows import collect_rows, read_rows
 from mmfusion.types import InputError
 
 GOOD = "good"
@@ -147,36 +148,15 @@ def _check_row(line: int, values: dict[str, str], root: Path, problems: list[str
 
 def load_manifest(path: str | Path) -> list[ManifestRow]:
     """Read and check every row; ManifestError listing every bad row (with line numbers) before any work."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ManifestError(
-                f"{path}: missing column(s) {', '.join(missing)}; got {', '.join(columns) or 'no header'}; "
-                f"expected {', '.join(REQUIRED_COLUMNS)} and optionally {', '.join(OPTIONAL_COLUMNS)}"
-            )
-        unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + BOOKKEEPING_COLUMNS]
-        if unknown:
-            raise ManifestError(
-                f"{path}: unknown column(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}"
-            )
-        rows, problems = [], []
-        for values in reader:
-            values = {(k or "").strip(): v for k, v in values.items()}
-            row = _check_row(reader.line_num, values, path.parent, problems)
-            if row is not None:
-                rows.append(row)
-    if problems:
-        shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ManifestError(f"{path}: {len(problems)} bad row(s): {shown}")
-    if not rows:
-        raise ManifestError(f"{path}: no rows; expected at least one image")
-    return rows
+    rows = read_rows(
+        path, "manifest", REQUIRED_COLUMNS, REQUIRED_COLUMNS + OPTIONAL_COLUMNS + BOOKKEEPING_COLUMNS, ManifestError
+    )
+    root = Path(path).parent
+
+    def check(line: int, values: dict[str, str], problems: list[str]) -> ManifestRow | None:
+        return _check_row(line, values, root, problems)
+
+    return collect_rows(path, rows, check, ManifestError, "at least one image")
 
 
 def write_manifest(path: str | Path, rows: list[dict[str, str | Path | None]]) -> Path:

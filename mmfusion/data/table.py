@@ -7,13 +7,13 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mmfusion.data.csv_rows import report_problems
 from mmfusion.data.manifest import ManifestError
 
 MEDIA_COLUMNS = ("image", "video", "audio", "text")
 PATH_COLUMNS = ("image", "video", "audio", "reference", "mask", "boxes")
 """Columns holding file paths, relative to the CSV's folder."""
 SOURCE_COLUMN = "source"
-MAX_SHOWN = 20
 
 
 class TableError(ManifestError):
@@ -72,15 +72,6 @@ class Table:
         return replace(row, values=values)
 
 
-def report_problems(path: Path, problems: list[str], error: type[ManifestError] = TableError) -> None:
-    """Raise `error` listing the first problems (each already carries its line number), if any."""
-    if not problems:
-        return
-    shown = "; ".join(problems[:MAX_SHOWN])
-    more = f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
-    raise error(f"{path}: {len(problems)} bad row(s): {shown}{more}")
-
-
 def read_table(
     path: str | Path,
     require_label: bool = True,
@@ -125,7 +116,7 @@ def read_table(
             row = TableRow(line, dict(zip(columns, cells)))
             if _check_row(table, row, needed, check_files, require_media, problems):
                 table.rows.append(row)
-    report_problems(path, problems)
+    report_problems(path, problems, TableError)
     if not table.rows:
         raise TableError(f"{path}: no rows; expected at least one")
     return table

@@ -13,7 +13,7 @@ from mmfusion.pipeline import Pipeline
 from mmfusion.registry import ENCODERS
 from mmfusion.types import Modality
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 DEMO_MODEL = "pcb-inspect"
 TEMPLATE_MODEL = "pcb-template"
 

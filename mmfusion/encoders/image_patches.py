@@ -12,7 +12,7 @@ from mmfusion.config import PartParams, format_validation_error
 from mmfusion.encoders.base import Encoder
 from mmfusion.encoders.patch_grid import aggregate_patches, letterbox
 from mmfusion.media import check_image
-from mmfusion.registry import ENCODERS, load_all
+from mmfusion.registry import ENCODERS
 from mmfusion.types import Embedding, Modality
 
 
@@ -28,7 +28,6 @@ class PatchFeatureParams(PartParams):
     @field_validator("backbone")
     @classmethod
     def _backbone_has_feature_maps(cls, name: str) -> str:
-        load_all()
         if name not in ENCODERS:
             raise ValueError(f"'{name}' is not a known encoder; allowed: {', '.join(ENCODERS.names())}")
         backbone = ENCODERS.get(name)

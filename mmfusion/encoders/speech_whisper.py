@@ -15,6 +15,7 @@ from whisper.model import AudioEncoder, ModelDimensions
 from mmfusion.config import LocalPath, PartParams
 from mmfusion.encoders.base import Encoder
 from mmfusion.media import SAMPLE_RATE, check_audio
+from mmfusion.params import check_heads_divide_width
 from mmfusion.registry import ENCODERS
 from mmfusion.types import Embedding, Modality
 
@@ -46,10 +47,7 @@ class WhisperParams(PartParams):
         given_dims = sorted(set(AUDIO_DIMS) & self.model_fields_set)
         if self.checkpoint is not None and given_dims:
             raise ValueError(f"{', '.join(given_dims)}: a checkpoint carries its own dims; give one or the other")
-        if self.n_audio_state % self.n_audio_head:
-            raise ValueError(
-                f"n_audio_state {self.n_audio_state} must be a multiple of n_audio_head {self.n_audio_head}"
-            )
+        check_heads_divide_width(self.n_audio_head, self.n_audio_state, "n_audio_head", "n_audio_state")
         return self
 
 

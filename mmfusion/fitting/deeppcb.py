@@ -12,8 +12,11 @@ import torch
 from mmfusion.data.deeppcb import deeppcb_manifests
 from mmfusion.data.manifest import Box, load_manifest
 from mmfusion.evaluation.boxes import box_metrics, ranked_matches
-from mmfusion.heads.detection.head import choose_threshold
-from mmfusion.pipeline import FITTED_DIR, Pipeline
+from mmfusion.fitting.detection import calibrate_boxes, predicted_boxes
+from mmfusion.fitting.registry import FITTERS
+from mmfusion.fitting.thresholds import choose_box_threshold
+from mmfusion.pipeline import Pipeline
+from mmfusion.repository.folder import FITTED_DIR
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "deeppcb-trainval"
 
@@ -40,12 +43,13 @@ def run(
         head.params = head.params.model_copy(
             update={"training": head.params.training.model_copy(update={"epochs": epochs})}
         )
-    fitted = head.fit(pipeline, train, None) if fit else {"fitted": "as shipped"}
+    fitter = FITTERS.get(pipeline.config.heads[head_name].name)
+    fitted = fitter.fit(pipeline, head_name, train, None) if fit else {"fitted": "as shipped"}
     started = time.perf_counter()
-    candidates = head.predicted_boxes(pipeline, val)
+    candidates = predicted_boxes(pipeline, head_name, val)
     images_per_second = len(val) / (time.perf_counter() - started)
     truth = [row.read_boxes() for row in val]
-    calibration = head.calibrate_boxes(candidates, truth, "f1", 0.05)
+    calibration = calibrate_boxes(head, candidates, truth, "f1", 0.05)
     kept = [[b for b in boxes if b.score >= head.threshold(b.type)] for boxes in candidates]
     at_threshold, ranked = box_metrics(kept, truth), box_metrics(candidates, truth)
     crossed = cross_calibrated(candidates, truth, head.params.iou_threshold, head.params.min_score)
@@ -89,7 +93,7 @@ def cross_calibrated(
         scores, hits, positives = ranked_matches(
             [candidates[i] for i in chosen_on], [truth[i] for i in chosen_on], iou_threshold
         )
-        threshold, _ = choose_threshold(scores, hits, positives, "f1", 0.05, min_score)
+        threshold, _ = choose_box_threshold(scores, hits, positives, "f1", 0.05, min_score)
         thresholds.append(threshold)
         for i in judged:
             kept[i] = [box for box in candidates[i] if box.score >= threshold]

@@ -1,29 +1,31 @@
 """Fit and calibrate every head of a model that learns from data, into a verifiable fitted model folder.
 
-A head that learns declares `fit_data` ("good": good rows only, "labelled": every row) and implements
-`fit(pipeline, train, val)`, `calibrate(pipeline, val, rule, target_fdr)`, `save_fitted(folder)` and
-`load_fitted(folder)`; the pipeline gives it `fitted/<head name>/` when the folder is loaded.
+A head kind that learns has a fitter in FITTERS (mmfusion.fitting.registry), keyed by the head's registry name:
+it declares `fit_data` ("good": good rows only, "labelled": every row) and does `fit` and `calibrate`. The head
+itself implements `save_fitted(folder)` and `load_fitted(folder)`; the pipeline gives it `fitted/<head name>/`
+when the folder is loaded.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from mmfusion.config import ConfigError
 from mmfusion.data.manifest import ManifestRow, load_manifest
-from mmfusion.heads.patchcore.calibration import RULES
-from mmfusion.pipeline import FITTED_DIR, Pipeline, resolve_model_dir
-from mmfusion.repository.manifests import MANIFEST_NAME, write_manifest
+from mmfusion.fitting import detection, patchcore  # noqa: F401  (their fitters register on import)
+from mmfusion.fitting.registry import FIT_DATA, FITTERS, Fitter
+from mmfusion.fitting.thresholds import RULES
+from mmfusion.pipeline import Pipeline
+from mmfusion.repository.folder import FITTED_DIR, resolve_model_dir
+from mmfusion.security.integrity import MANIFEST_NAME, write_manifest
 from mmfusion.types import InputError
 
-FIT_DATA = ("good", "labelled")
 
-
-def fittable_heads(pipeline: Pipeline) -> dict[str, Any]:
-    """The heads of a pipeline that learn from data (they have `fit` and `fit_data`)."""
-    return {name: head for name, head in pipeline.graph.heads.items() if hasattr(head, "fit")}
+def head_fitters(pipeline: Pipeline) -> dict[str, Fitter]:
+    """The fitter of each head of a pipeline that learns from data (its kind is in FITTERS), by head name."""
+    kinds = {name: pipeline.config.heads[name].name for name in pipeline.graph.heads}
+    return {name: FITTERS.get(kind) for name, kind in kinds.items() if kind in FITTERS}
 
 
 def _check_rule(rule: str, target_fdr: float) -> None:
@@ -33,8 +35,8 @@ def _check_rule(rule: str, target_fdr: float) -> None:
         raise InputError(f"--target-fdr: {target_fdr}; expected a rate in [0, 1)")
 
 
-def _training_rows(head_name: str, head: Any, rows: list[ManifestRow]) -> list[ManifestRow]:
-    fit_data = getattr(head, "fit_data", None)
+def _training_rows(head_name: str, fitter: Fitter, rows: list[ManifestRow]) -> list[ManifestRow]:
+    fit_data = fitter.fit_data
     if fit_data not in FIT_DATA:
         raise ConfigError(f"head {head_name!r}: fit_data {fit_data!r}; expected one of {', '.join(FIT_DATA)}")
     chosen = [row for row in rows if row.is_good] if fit_data == "good" else rows
@@ -52,16 +54,18 @@ def copy_model_folder(source: Path, out: Path) -> None:
     shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(FITTED_DIR, MANIFEST_NAME))
 
 
-def _calibrate_heads(pipeline: Pipeline, heads: dict[str, Any], val: list[ManifestRow], rule: str, target_fdr: float):
-    return {name: head.calibrate(pipeline, val, rule, target_fdr) for name, head in heads.items()}
+def _calibrate_heads(
+    pipeline: Pipeline, fitters: dict[str, Fitter], val: list[ManifestRow], rule: str, target_fdr: float
+) -> dict[str, dict[str, float]]:
+    return {name: fitter.calibrate(pipeline, name, val, rule, target_fdr) for name, fitter in fitters.items()}
 
 
-def _save(pipeline: Pipeline, heads: dict[str, Any], folder: Path) -> None:
-    for name, head in heads.items():
+def _save(pipeline: Pipeline, fitters: dict[str, Fitter], folder: Path) -> None:
+    for name in fitters:
         target = folder / FITTED_DIR / name
         if target.exists():
             shutil.rmtree(target)
-        head.save_fitted(target)
+        pipeline.graph.heads[name].save_fitted(target)
     write_manifest(folder)
 
 
@@ -99,15 +103,15 @@ def _fit_copied(
 ) -> dict[str, dict[str, float]]:
     pipeline = Pipeline(out)
     try:
-        heads = fittable_heads(pipeline)
-        if not heads:
+        fitters = head_fitters(pipeline)
+        if not fitters:
             raise ConfigError(f"model {pipeline.name!r} has no head that learns from data; nothing to fit")
-        rows = {name: _training_rows(name, head, train) for name, head in heads.items()}
-        summaries = {name: dict(head.fit(pipeline, rows[name], val)) for name, head in heads.items()}
+        rows = {name: _training_rows(name, fitter, train) for name, fitter in fitters.items()}
+        summaries = {name: dict(fitter.fit(pipeline, name, rows[name], val)) for name, fitter in fitters.items()}
         if val is not None:
-            for name, numbers in _calibrate_heads(pipeline, heads, val, rule, target_fdr).items():
+            for name, numbers in _calibrate_heads(pipeline, fitters, val, rule, target_fdr).items():
                 summaries[name].update(numbers)
-        _save(pipeline, heads, out)
+        _save(pipeline, fitters, out)
     finally:
         pipeline.close()
     return summaries
@@ -122,13 +126,13 @@ def calibrate_model(
     val = load_manifest(val_manifest)
     pipeline = Pipeline(folder)
     try:
-        heads = fittable_heads(pipeline)
-        missing = [name for name in heads if not (folder / FITTED_DIR / name).is_dir()]
-        if not heads or missing:
+        fitters = head_fitters(pipeline)
+        missing = [name for name in fitters if not (folder / FITTED_DIR / name).is_dir()]
+        if not fitters or missing:
             raise ConfigError(f"{folder}: not a fitted model folder (no {FITTED_DIR}/ for {missing or 'any head'}); "
                               "run mmfusion fit first")  # fmt: skip
-        summaries = _calibrate_heads(pipeline, heads, val, rule, target_fdr)
-        _save(pipeline, heads, folder)
+        summaries = _calibrate_heads(pipeline, fitters, val, rule, target_fdr)
+        _save(pipeline, fitters, folder)
     finally:
         pipeline.close()
     return summaries

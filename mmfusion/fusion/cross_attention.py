@@ -8,24 +8,20 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from mmfusion.config import PartParams
 from mmfusion.fusion.base import Fusion
+from mmfusion.params import TransformerParams
 from mmfusion.registry import FUSIONS
 from mmfusion.types import Embedding, Modality
 
 log = logging.getLogger(__name__)
 
 
-class CrossAttentionParams(PartParams):
+class CrossAttentionParams(TransformerParams):
     """`params:` of the cross-attention fusion."""
 
     query: Modality
     context: Modality
-    width: int = Field(default=256, gt=0)
-    heads: int = Field(default=4, gt=0)
     depth: int = Field(default=1, gt=0)
-    mlp_ratio: float = Field(default=4.0, gt=0)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @field_validator("context")
     @classmethod
@@ -33,14 +29,6 @@ class CrossAttentionParams(PartParams):
         if info.data.get("query") == context:
             raise ValueError(f"context {context.value} is also the query; expected two different modalities")
         return context
-
-    @field_validator("heads")
-    @classmethod
-    def _heads_divide_width(cls, heads: int, info: ValidationInfo) -> int:
-        width = info.data.get("width")
-        if width is not None and width % heads != 0:
-            raise ValueError(f"heads {heads} does not divide width {width}; expected a divisor of {width}")
-        return heads
 
 
 class CrossAttentionBlock(nn.Module):

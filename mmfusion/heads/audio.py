@@ -1,8 +1,8 @@
 """Call labels head: a trainable classifier over late-fused speech (whisper encoder) and text embeddings.
 
 Out of the box call analysis labels segments zero-shot (mmfusion/calls/labels.py); once labelled
-segments exist, this head is fitted (`fit`, `save_fitted`) and loaded from `fitted/<head>/` at
-pipeline load, and from then on it labels the segments instead.
+segments exist, this head is fitted (`mmfusion/fitting/call_labels.py`, then `save_fitted`) and loaded
+from `fitted/<head>/` at pipeline load, and from then on it labels the segments instead.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from mmfusion.config import ConfigError, HeadSpec, PartParams
-from mmfusion.heads.base import Head
+from mmfusion.heads.base import Head, label_results
 from mmfusion.registry import HEADS
 from mmfusion.types import Embedding
 
@@ -61,35 +60,7 @@ class CallLabelsHead(Head):
         return {"probabilities": logits.softmax(dim=-1)}
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        results = []
-        for probabilities in outputs["probabilities"]:
-            best = int(np.argmax(probabilities))
-            label = self.spec.labels[best]
-            results.append(
-                {
-                    "label": label if probabilities[best] >= self.spec.thresholds.get(label, 0.0) else None,
-                    "score": float(probabilities[best]),
-                    "scores": {name: float(p) for name, p in zip(self.spec.labels, probabilities)},
-                }
-            )
-        return results
-
-    def fit(self, pooled: torch.Tensor, labels: list[str], epochs: int = 200, learning_rate: float = 1e-2) -> float:
-        """Fit on fused pooled vectors (N, D) and their label names; returns the final training loss."""
-        unknown = sorted(set(labels) - set(self.spec.labels))
-        if unknown:
-            raise ValueError(f"labels {unknown} are not labels of this head: {self.spec.labels}")
-        targets = torch.tensor([self.spec.labels.index(label) for label in labels])  # (N,)
-        optimizer = torch.optim.AdamW(self.classifier.parameters(), lr=learning_rate, weight_decay=1e-3)
-        self.train()
-        for _ in range(epochs):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(self.classifier(pooled.detach()), targets)
-            loss.backward()
-            optimizer.step()
-        self.eval()
-        self.fitted = True
-        return float(loss.detach())
+        return label_results(outputs["probabilities"], self.spec)  # (B, C) -> one result per item
 
     def save_fitted(self, folder: str | Path) -> None:
         """Write the fitted weights and their label order to `folder` (models/<name>/fitted/<head>/)."""
@@ -100,7 +71,7 @@ class CallLabelsHead(Head):
 
     def load_fitted(self, folder: str | Path) -> None:
         """Load weights written by `save_fitted`; the label order must match the config's."""
-        from mmfusion.repository.manifests import safe_torch_load
+        from mmfusion.security.integrity import safe_torch_load
 
         folder = Path(folder)
         labels = json.loads((folder / LABELS_FILE).read_text()) if (folder / LABELS_FILE).is_file() else None

@@ -40,3 +40,19 @@ class Head(nn.Module):
     def decision_margin(self, result: dict[str, Any]) -> float | None:
         """How far a result's score lies from this head's threshold, as a fraction of it; None: no threshold."""
         return None
+
+
+def label_results(probabilities: np.ndarray, spec: HeadSpec) -> list[dict[str, Any]]:
+    """Per item of (B, C) probabilities: the best label (None under its threshold), its score and every score."""
+    results = []
+    for item in probabilities:
+        best = int(np.argmax(item))
+        label = spec.labels[best]
+        results.append(
+            {
+                "label": label if item[best] >= spec.thresholds.get(label, 0.0) else None,
+                "score": float(item[best]),
+                "scores": {name: float(p) for name, p in zip(spec.labels, item)},
+            }
+        )
+    return results

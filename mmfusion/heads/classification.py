@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from mmfusion.config import HeadSpec, LocalPath, PartParams
-from mmfusion.heads.base import Head
+from mmfusion.heads.base import Head, label_results
 from mmfusion.registry import HEADS
 from mmfusion.types import Embedding
 
@@ -75,16 +75,4 @@ class ClassificationHead(Head):
         return {"probabilities": logits.softmax(dim=-1)}
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        results = []
-        for probabilities in outputs["probabilities"]:
-            best = int(np.argmax(probabilities))
-            label = self.spec.labels[best]
-            threshold = self.spec.thresholds.get(label, 0.0)
-            results.append(
-                {
-                    "label": label if probabilities[best] >= threshold else None,
-                    "score": float(probabilities[best]),
-                    "scores": {name: float(p) for name, p in zip(self.spec.labels, probabilities)},
-                }
-            )
-        return results
+        return label_results(outputs["probabilities"], self.spec)  # (B, C) -> one result per item

@@ -1,4 +1,4 @@
-"""Report head: hands the fused image tokens out of the graph; `write` makes the GenerateReport report from them."""
+"""Report head: hands the fused image tokens out of the graph; the report itself is written outside the graph."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mmfusion.config import HeadSpec, LocalPath, PartParams
+from mmfusion.config import ConfigError, HeadSpec, LocalPath, PartParams
 from mmfusion.heads.base import Head
-from mmfusion.prompts.findings import DEFAULT_SEVERITY_CUTS, OK_LABELS, findings_from_outputs
-from mmfusion.prompts.generators import GENERATORS, ReportGenerator, ReportInput
-from mmfusion.prompts.generators.base import Emit
-from mmfusion.prompts.report import Report
-from mmfusion.prompts.template import load_template
 from mmfusion.registry import HEADS
-from mmfusion.types import Embedding, InputError, Inputs, Modality
+from mmfusion.templates.schema import load_template
+from mmfusion.types import Embedding
+
+DEFAULT_SEVERITY_CUTS = (0.6, 0.85)
+"""Scores below the first cut are minor, below the second major, otherwise critical."""
+OK_LABELS = frozenset({"", "pass", "ok", "good", "normal", "clean", "none", "no_defect"})
+"""Labels that mean "no defect" (compared lower-case)."""
 
 
 class ReportParams(PartParams):
@@ -64,23 +65,19 @@ class ReportParams(PartParams):
             raise ValueError(f"heads {heads} does not divide width {width}; expected a divisor of {width}")
         return heads
 
-
-def build_generator(params: ReportParams) -> ReportGenerator:
-    """The head's generator (the hf_causal_lm model is loaded here, once)."""
-    generator_class = GENERATORS.get(params.generator)
-    if params.generator == "hf_causal_lm":
-        if params.path is None:
+    @model_validator(mode="after")
+    def _generator_needs(self) -> ReportParams:
+        if self.generator == "hf_causal_lm" and self.path is None:
             raise ValueError("generator hf_causal_lm needs `path`: a local transformers model folder")
-        return generator_class(params.path, params.max_new_tokens)
-    return generator_class()
+        return self
 
 
 @HEADS.register("report")
 class ReportHead(Head):
-    """Generation runs outside the graph (GenerateReport): the graph part only passes the fused tokens out.
+    """The graph part of GenerateReport: passes the fused tokens out; a report writer (tasks layer) writes the text.
 
-    `write` runs on the model's scheduler thread: template and hf_causal_lm generators read the findings of
-    the pipeline's other heads; cross_modal reads the image tokens (this head's `memory` output).
+    Template and hf_causal_lm generators read the findings of the pipeline's other heads; cross_modal reads
+    the image tokens (this head's `memory` output).
     """
 
     Params = ReportParams
@@ -89,7 +86,8 @@ class ReportHead(Head):
     def __init__(self, params: ReportParams, input_dim: int, spec: HeadSpec) -> None:
         super().__init__(params, input_dim, spec)
         self.template = load_template(params.template)
-        self.generator = build_generator(params)
+        if params.generator == "hf_causal_lm" and not (Path(params.path) / "config.json").is_file():
+            raise ConfigError(f"hf_causal_lm: {params.path!r} is not a transformers model folder (no config.json)")
 
     def forward(self, fused: Embedding) -> dict[str, torch.Tensor]:
         return {"memory": fused.tokens, "memory_mask": fused.mask}  # (B, L, D), (B, L)
@@ -100,37 +98,3 @@ class ReportHead(Head):
             {"generator": self.params.generator, "template": self.template.key, "image_tokens": int(mask.sum())}
             for mask in masks
         ]
-
-    def load_fitted(self, folder: Path) -> None:
-        """A trained cross_modal decoder from `fitted/<head>/`."""
-        if hasattr(self.generator, "load"):
-            self.generator.load(folder)
-
-    def _values(self, text: str | None) -> dict[str, str]:
-        return {"note": text} if text and "note" in self.template.inputs else {}
-
-    def write(self, pipeline, name: str, images: list[np.ndarray], text: str | None, emit: Emit) -> Report:
-        """The report for a request's images and text, streamed through `emit` (call on the scheduler thread)."""
-        reads_text = Modality.TEXT in pipeline.config.encoders
-        note = text if reads_text else None
-        if self.generator.needs_memory:
-            if len(images) != 1:
-                raise InputError(f"images: {len(images)} given; the cross_modal generator writes from exactly one")
-            outputs = pipeline.raw_outputs([Inputs(image=images[0], text=note)])
-            request = ReportInput(
-                [],
-                self._values(text),
-                torch.from_numpy(np.ascontiguousarray(outputs[f"{name}.memory"][:1])),  # (1, L, D)
-                torch.from_numpy(np.ascontiguousarray(outputs[f"{name}.memory_mask"][:1])).bool(),  # (1, L)
-            )
-            return self.generator.generate(self.template, request, emit)
-        items = [Inputs(image=image, text=note) for image in images] or [Inputs(text=note)]
-        sources = self.params.sources
-        findings = []
-        for index, prediction in enumerate(pipeline.predict_batch(items)):
-            outputs = {head: result for head, result in prediction.outputs.items() if head != name}
-            size = (images[index].shape[1], images[index].shape[0]) if images else None
-            findings += findings_from_outputs(
-                outputs, sources, index, size, self.params.ok_labels, self.params.severity_cuts
-            )
-        return self.generator.generate(self.template, ReportInput(findings, self._values(text)), emit)

@@ -13,7 +13,9 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from mmfusion.adapters import apply_prefix
 from mmfusion.config import CONFIG_FILE, ConfigError, PipelineConfig, parse_config
+from mmfusion.parts import load_all
 
 VERSIONS_DIR = "versions"
 CURRENT_FILE = "current"
@@ -84,6 +86,7 @@ def version_folder(model_dir: Path, version: int | None = None) -> Path | None:
 def load_version_config(model_dir: Path, folder: Path) -> PipelineConfig:
     """A version's config.yaml; relative paths resolve against the model folder (examples stay shared)."""
     path = folder / CONFIG_FILE
+    load_all()
     return parse_config(yaml.safe_load(path.read_text()), str(path), Path(model_dir))
 
 
@@ -147,8 +150,6 @@ def load_version_weights(graph: torch.nn.Module, folder: Path) -> None:
     if adapter_path.is_file():
         adapter = json.loads(adapter_path.read_text())
         if adapter.get("method") == "prefix":
-            from mmfusion.training.adapters import apply_prefix
-
             apply_prefix(graph, int(adapter["virtual_tokens"]))
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():

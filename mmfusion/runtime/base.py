@@ -2,53 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from mmfusion.config import RuntimeSpec
 from mmfusion.graph import PipelineGraph
-
-DYNAMIC = -1
-"""A dimension that varies between calls (batch size, sequence length)."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named graph tensor: numpy dtype name and shape, DYNAMIC (-1) where a dimension varies."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TensorSpec:
-        return cls(str(raw["name"]), str(raw["dtype"]), tuple(int(d) for d in raw["shape"]))
-
-    def describe(self) -> str:
-        """'image.pixels float32[-1,3,224,224]'."""
-        return f"{self.name} {self.dtype}[{','.join(str(d) for d in self.shape)}]"
+from mmfusion.runtime.exported import OpenedExport
+from mmfusion.runtime.tensors import TensorSpec
 
 
 class Backend:
     """Runs a pipeline graph. Tensors cross this boundary; Python objects do not.
 
     Built as `cls(runtime)` with the model's `runtime:` block (None: that block's defaults), then
-    `load(model_dir, graph)`. `input_specs` / `output_specs` declare the tensors of the full-modality graph.
+    `load(graph, export)`: the pipeline graph (eager back ends) or a verified export folder (compiled ones,
+    `runs_export`). `input_specs` / `output_specs` declare the tensors of the full-modality graph.
     """
 
     registry_name: ClassVar[str]
+    runs_export: ClassVar[bool] = False
+    """True: `load` needs an exported folder (ONNX, TensorRT); False: it runs the graph itself."""
 
     def __init__(self, runtime: RuntimeSpec | None = None) -> None:
         self.runtime = runtime or RuntimeSpec(backend=self.registry_name)
 
-    def load(self, model_dir: str | Path, graph: PipelineGraph | None = None, version: int | None = None) -> None:
-        """Prepare to run the model folder (reusing an already built graph when given) at `version`."""
+    def load(self, graph: PipelineGraph | None, export: OpenedExport | None = None) -> None:
+        """Prepare to run: the graph itself, or (when `runs_export`) the verified export built from it."""
         raise NotImplementedError
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import warnings
@@ -11,29 +10,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from mmfusion.config import ConfigError, RuntimeSpec
+from mmfusion.config import ConfigError
 from mmfusion.graph import PipelineGraph
-from mmfusion.runtime.base import DYNAMIC, TensorSpec
 from mmfusion.runtime.exported import (
     KINDS,
     ExportedGraph,
-    ExportInfo,
-    export_dir,
-    exporter_versions,
-    publish,
-    seal,
-    staging_dir,
 )
-from mmfusion.runtime.specs import default_groups, example_arrays, parse_groups, specs_from_examples
+from mmfusion.runtime.parity import compare_outputs, within_fp32_parity
+from mmfusion.runtime.specs import example_arrays, specs_from_examples
+from mmfusion.runtime.tensors import DYNAMIC, TensorSpec
 from mmfusion.types import InputError
 
 OPSET = 17
 EXPORT_PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
 DEFAULT_BATCH_SIZES = (1, 8, 32)
-FP32_RELATIVE_TOLERANCE = 1e-4
-FP32_MIN_COSINE = 0.9999
 
 
 class GroupGraph(nn.Module):
@@ -100,33 +91,6 @@ def export_group_onnx(graph: PipelineGraph, group: str, path: Path) -> tuple[lis
     return input_specs, output_specs
 
 
-def row_cosines(expected: np.ndarray, got: np.ndarray) -> np.ndarray:
-    """Cosine of each row pair of two (N, D) arrays, as float64; 1.0 where either row is all zeros."""
-    expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
-    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1)  # (N,)
-    return np.where(norms > 0, (expected * got).sum(1) / np.maximum(norms, 1e-30), 1.0)
-
-
-def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, float]:
-    """Worst relative max difference and worst per-row cosine over every float output."""
-    worst_relative, worst_cosine = 0.0, 1.0
-    for name, expected in reference.items():
-        got = np.asarray(candidate[name], dtype=np.float64)
-        expected = np.asarray(expected, dtype=np.float64)
-        if got.shape != expected.shape:
-            raise ValueError(f"output {name}: shape {got.shape} differs from torch's {expected.shape}")
-        scale = max(float(np.abs(expected).max(initial=0.0)), 1e-12)
-        worst_relative = max(worst_relative, float(np.abs(got - expected).max(initial=0.0)) / scale)
-        cosine = row_cosines(expected.reshape(len(expected), -1), got.reshape(len(got), -1))  # (B,)
-        worst_cosine = min(worst_cosine, float(cosine.min(initial=1.0)))
-    return {"max_relative_difference": worst_relative, "min_cosine": worst_cosine}
-
-
-def within_fp32_parity(parity: dict[str, float]) -> bool:
-    """FP32 backends must match torch within 1e-4 relative or a cosine of at least 0.9999."""
-    return parity["max_relative_difference"] <= FP32_RELATIVE_TOLERANCE or parity["min_cosine"] >= FP32_MIN_COSINE
-
-
 def _onnx_outputs(path: Path, arrays: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
@@ -152,76 +116,20 @@ def check_export_request(kind: str, precision: str, calibration: str | Path | No
             raise InputError("--precision int8 with --backend tensorrt needs --calibration MANIFEST.csv")
 
 
-def _refresh_model_manifest(model_dir: Path, added: Path) -> None:
-    """A model folder with its own sha256 manifest gets the new export's files added (after checking the rest)."""
-    from mmfusion.repository.manifests import MANIFEST_NAME, write_manifest
+def export_group(
+    name: str,
+    graph: PipelineGraph,
+    key: str,
+    kind: str,
+    precision: str,
+    calibration: list[dict[str, np.ndarray]] | None,
+    batch_sizes: tuple[int, ...],
+    staging: Path,
+) -> ExportedGraph:
+    """One group of model `name`: trace FP32, check it against torch, then quantise/convert or build an engine.
 
-    manifest = model_dir / MANIFEST_NAME
-    if not manifest.is_file():
-        return
-    listed = set(json.loads(manifest.read_text())["files"])
-    prefix = added.relative_to(model_dir).as_posix() + "/"
-    kept = {name for name in listed if not name.startswith(prefix) and (model_dir / name).is_file()}
-    new = {p.relative_to(model_dir).as_posix() for p in added.rglob("*") if p.is_file()}
-    write_manifest(model_dir, sorted(kept | new))
-
-
-def export_model(
-    model: str | Path,
-    kind: str = "onnx",
-    precision: str = "fp32",
-    calibration: str | Path | None = None,
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
-    groups: str | None = None,
-    version: int | None = None,
-    progress: bool = False,
-) -> Path:
-    """Export a model folder's graph to models/<name>/versions/<n>/<kind>/ and return that folder."""
-    from mmfusion.pipeline import Pipeline
-    from mmfusion.runtime import quantize
-
-    check_export_request(kind, precision, calibration)
-    pipeline = Pipeline(model, backend=RuntimeSpec(backend="torch"), version=version)  # FP32 on the CPU
-    graph = pipeline.graph.eval()
-    modalities = list(pipeline.config.encoders)
-    keys = parse_groups(groups, modalities) if groups else default_groups(modalities)
-    rows = quantize.load_calibration_rows(calibration) if calibration is not None else None
-    calibration_info = None
-    if rows is not None:
-        calibration_info = {
-            "manifest": str(calibration),
-            "items": len(rows),
-            "sha256": quantize.calibration_hash(calibration, rows),
-        }
-    destination = export_dir(pipeline.model_dir, pipeline.version, kind)
-    staging = staging_dir(destination)
-    try:
-        graphs = {}
-        steps = tqdm(keys, desc=f"export {pipeline.name} {kind} {precision}", unit="graph", disable=not progress)
-        for key in steps:
-            graphs[key] = _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, staging)
-        info = ExportInfo(
-            model=pipeline.name,
-            version=pipeline.version,
-            kind=kind,
-            precision=precision,
-            batch_sizes=tuple(batch_sizes),
-            graphs=graphs,
-            calibration=calibration_info,
-            exporter=exporter_versions(),
-            opset=OPSET,
-        )
-        seal(staging, info)
-        publish(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    pipeline.close()
-    _refresh_model_manifest(pipeline.model_dir, destination)
-    return destination
-
-
-def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, staging: Path) -> ExportedGraph:
-    """One group: trace FP32, check it against torch, then quantise/convert or build a TensorRT engine."""
+    `calibration`: the image graph's preprocessed inputs for static INT8 (None: dynamic INT8 / no calibration).
+    """
     from mmfusion.runtime import quantize
 
     file_name = f"{key}.onnx"
@@ -234,7 +142,7 @@ def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, stag
         parity = compare_outputs(reference, _onnx_outputs(fp32_path, check, output_names))
         if not within_fp32_parity(parity):
             raise ConfigError(
-                f"{pipeline.name}: the exported {key} graph does not match torch (max relative difference "
+                f"{name}: the exported {key} graph does not match torch (max relative difference "
                 f"{parity['max_relative_difference']:.2e}, min cosine {parity['min_cosine']:.6f}); not written"
             )
         target = staging / file_name
@@ -243,9 +151,8 @@ def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, stag
             shutil.copyfile(fp32_path, target)
         elif precision == "fp16":
             quantize.convert_fp16_onnx(fp32_path, target)
-        elif rows is not None and key == "image":
-            batches = list(quantize.calibration_batches(pipeline, rows))
-            mixed = quantize.quantize_static_onnx(fp32_path, target, batches)
+        elif calibration is not None and key == "image":
+            mixed = quantize.quantize_static_onnx(fp32_path, target, calibration)
             quantization, bits = "static-qdq", mixed["weight_bits"]
         else:
             quantization, bits = "dynamic", quantize.quantize_dynamic_onnx(fp32_path, target)
@@ -258,7 +165,6 @@ def _export_group(pipeline, graph, key, kind, precision, rows, batch_sizes, stag
     if kind == "tensorrt":
         from mmfusion.runtime.tensorrt_backend import build_engine
 
-        calibration = list(quantize.calibration_batches(pipeline, rows)) if rows is not None else None
         limits = _dim_limits(graph, inputs)
         engine = build_engine(target, staging / f"{key}.engine", precision, batch_sizes, inputs, calibration, limits)
     wide = list(mixed.get("int16_weights", []))

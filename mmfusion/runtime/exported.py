@@ -1,4 +1,4 @@
-"""Exported model folders (models/<name>/versions/<n>/<kind>/): export.json, sha256 manifest, checked loading."""
+"""The export folder format: export.json (specs, precision, parity, tool versions), sha256 manifest, checked reading."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from mmfusion.config import ConfigError
-from mmfusion.repository.manifests import MANIFEST_NAME, IntegrityError, verify_manifest, write_manifest
-from mmfusion.runtime.base import TensorSpec
+from mmfusion.runtime.tensors import TensorSpec
+from mmfusion.security.integrity import IntegrityError, verify_manifest, write_manifest
 
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT = 1
-VERSIONS_DIR = "versions"
 KINDS = ("onnx", "tensorrt")
+"""The export kinds, each in versions/<n>/<kind>/ of a model folder."""
 BACKEND_KIND = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}
 """Which exported folder each compiled backend reads."""
 EXPORTER_PACKAGES = ("mmfusion", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt")
@@ -120,11 +120,6 @@ def exporter_versions() -> dict[str, str]:
     return versions
 
 
-def export_dir(model_dir: str | Path, version: int, kind: str) -> Path:
-    """models/<name>/versions/<n>/<kind>/."""
-    return Path(model_dir) / VERSIONS_DIR / str(version) / kind
-
-
 def staging_dir(destination: Path) -> Path:
     """An empty folder beside `destination` to build an export in before it replaces the old one."""
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -163,38 +158,14 @@ def read_export(folder: Path) -> ExportInfo:
         raise ConfigError(f"{folder / EXPORT_FILE}: not a valid export description ({error})") from None
 
 
-def open_export(model_dir: Path, version: int, backend: str, precision: str | None) -> tuple[Path, ExportInfo]:
-    """The verified export a compiled backend runs; errors say which `mmfusion export` command makes it."""
-    kind = BACKEND_KIND[backend]
-    folder = export_dir(model_dir, version, kind)
-    command = f"mmfusion export {model_dir} --backend {kind}" + (f" --precision {precision}" if precision else "")
-    if not (folder / MANIFEST_NAME).is_file() and not (folder / EXPORT_FILE).is_file():
-        raise ConfigError(f"{model_dir.name}: version {version} has no {kind} export at {folder}; run `{command}`")
-    info = read_export(folder)
-    if precision is not None and info.precision != precision:
-        raise ConfigError(
-            f"{folder}: exported at precision {info.precision}, but runtime.precision is {precision}; run `{command}`"
-        )
-    return folder, info
-
-
-def list_exports(model_dir: Path) -> list[tuple[Path, ExportInfo | None, str]]:
-    """Every export folder under versions/: (folder, info or None, 'verified' or the reason it is refused)."""
-    found = []
-    root = Path(model_dir) / VERSIONS_DIR
-    versions = (
-        sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if root.is_dir() else []
-    )
-    for folder in (version / kind for version in versions for kind in KINDS):
-        if not folder.is_dir():
-            continue
-        try:
-            found.append((folder, read_export(folder), "verified"))
-        except ConfigError as error:
-            found.append((folder, None, str(error)))
-    return found
-
-
 def folder_size(folder: Path, suffixes: tuple[str, ...] = (".onnx", ".data", ".engine")) -> int:
     """Bytes of the graph/weight files of an export."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes)
+
+
+@dataclass(frozen=True)
+class OpenedExport:
+    """A verified export folder and what its export.json says: what a compiled backend loads."""
+
+    folder: Path
+    info: ExportInfo

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfusion.config import ConfigError, RuntimeSpec, load_config
+from mmfusion.config import ConfigError, RuntimeSpec
 from mmfusion.graph import PipelineGraph
 from mmfusion.registry import BACKENDS
-from mmfusion.runtime.base import Backend, TensorSpec
-from mmfusion.runtime.exported import ExportInfo, open_export
+from mmfusion.runtime.export_backend import ExportBackend
+from mmfusion.runtime.exported import ExportInfo, OpenedExport
 from mmfusion.runtime.specs import check_inputs, group_of_inputs
 from mmfusion.types import InputError
 
@@ -72,7 +72,7 @@ def warn_if_weights_may_saturate(info: ExportInfo, folder: Path) -> bool:
 
 
 @BACKENDS.register("onnxruntime")
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(ExportBackend):
     """ONNX Runtime on an exported model: CPU, or the CUDA / TensorRT providers when the package has them."""
 
     def __init__(self, runtime: RuntimeSpec | None = None) -> None:
@@ -82,20 +82,16 @@ class OnnxRuntimeBackend(Backend):
         self.folder: Path | None = None
         self.providers: list[str] = []
 
-    @property
-    def precision(self) -> str:
-        return self.info.precision if self.info is not None else self.runtime.precision or "fp32"
-
-    def load(self, model_dir: str | Path, graph: PipelineGraph | None = None, version: int | None = None) -> None:
+    def load(self, graph: PipelineGraph | None, export: OpenedExport | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise ConfigError(
                 "backend onnxruntime needs the onnxruntime package: pip install 'mmfusion[onnx]'"
             ) from None
-        model_dir = Path(model_dir)
-        version = version if version is not None else load_config(model_dir).version
-        self.folder, self.info = open_export(model_dir, version, self.registry_name, self.runtime.precision)
+        if export is None:
+            raise ConfigError("backend onnxruntime runs an exported model; none was given (run `mmfusion export`)")
+        self.folder, self.info = export.folder, export.info
         warn_if_weights_may_saturate(self.info, self.folder)
         self.providers = choose_providers(self.runtime, ort.get_available_providers())
         options = session_options(self.runtime)
@@ -120,17 +116,6 @@ class OnnxRuntimeBackend(Backend):
         feed = check_inputs(inputs, graph_info.inputs, f"{self.info.model} {group} graph")
         names = [spec.name for spec in graph_info.outputs]
         return dict(zip(names, self.sessions[group].run(names, feed)))
-
-    def _full_graph(self):
-        if self.info is None:
-            raise RuntimeError("OnnxRuntimeBackend specs asked for before load")
-        return max(self.info.graphs.values(), key=lambda g: len(g.inputs))
-
-    def input_specs(self) -> list[TensorSpec]:
-        return self._full_graph().inputs
-
-    def output_specs(self) -> list[TensorSpec]:
-        return self._full_graph().outputs
 
     def describe(self) -> str:
         precision = self.info.precision if self.info else self.runtime.precision or "?"

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mmfusion.repository.manifests import sha256_file
+from mmfusion.security.integrity import sha256_file
 from mmfusion.types import InputError, Inputs, Modality
 
 DYNAMIC_OPS = ["MatMul", "Gemm"]
@@ -213,7 +213,7 @@ def _outputs_of(model: str | bytes, batches: list[dict[str, np.ndarray]]) -> lis
 
 def output_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
     """Mean cosine over the rows (last axis) of every output, the lowest over outputs; 1.0 = identical."""
-    from mmfusion.runtime.export import row_cosines
+    from mmfusion.runtime.parity import row_cosines
 
     lowest = 1.0
     for index in range(len(reference[0])):

@@ -79,6 +79,6 @@ class Fp32Recheck:
                 from mmfusion.runtime.torch_backend import TorchBackend
 
                 backend = TorchBackend(RuntimeSpec(backend="torch", threads=self.threads))
-                backend.load("", self.graph)
+                backend.load(self.graph)
                 self.backend = backend
             return self.backend

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mmfusion.graph import SEPARATOR, PipelineGraph, input_name
-from mmfusion.runtime.base import DYNAMIC, TensorSpec
+from mmfusion.runtime.tensors import DYNAMIC, TensorSpec
 from mmfusion.types import InputError, Modality
 
 GROUP_JOIN = "+"
@@ -80,7 +80,8 @@ def _example_items(modality: Modality, batch: int, variant: int) -> list[Any]:
         seconds = 1.0 + 0.5 * variant
         time = np.arange(int(16000 * seconds)) / 16000
         return [(0.2 * np.sin(2 * np.pi * (220 + 40 * index) * time)).astype(np.float32) for index in range(batch)]
-    return [[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)] for _ in range(batch)]
+    # a different frame count per variant: the frame axis shows as dynamic where the encoder keeps every frame
+    return [[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4 + variant)] for _ in range(batch)]
 
 
 def example_arrays(graph: PipelineGraph, group: str, batch: int, variant: int = 0) -> dict[str, np.ndarray]:

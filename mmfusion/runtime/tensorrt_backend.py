@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfusion.config import ConfigError, RuntimeSpec, load_config
+from mmfusion.config import ConfigError, RuntimeSpec
 from mmfusion.graph import PipelineGraph
 from mmfusion.registry import BACKENDS
-from mmfusion.runtime.base import DYNAMIC, Backend, TensorSpec
-from mmfusion.runtime.exported import ExportInfo, open_export
+from mmfusion.runtime.export_backend import ExportBackend
+from mmfusion.runtime.exported import ExportInfo, OpenedExport
 from mmfusion.runtime.specs import check_inputs, group_of_inputs
+from mmfusion.runtime.tensors import DYNAMIC, TensorSpec
 from mmfusion.types import InputError
 
 WORKSPACE_BYTES = 4 << 30
@@ -183,7 +184,7 @@ def _profiles_from_metadata(engine: dict[str, Any]) -> list[Shapes]:
 
 
 @BACKENDS.register("tensorrt")
-class TensorRTBackend(Backend):
+class TensorRTBackend(ExportBackend):
     """TensorRT engines from `mmfusion export --backend tensorrt`, one execution context per optimisation profile."""
 
     def __init__(self, runtime: RuntimeSpec | None = None) -> None:
@@ -194,16 +195,12 @@ class TensorRTBackend(Backend):
         self.profiles: dict[str, list[Shapes]] = {}
         self.stream: torch.cuda.Stream | None = None
 
-    @property
-    def precision(self) -> str:
-        return self.info.precision if self.info is not None else self.runtime.precision or "fp32"
-
-    def load(self, model_dir: str | Path, graph: PipelineGraph | None = None, version: int | None = None) -> None:
+    def load(self, graph: PipelineGraph | None, export: OpenedExport | None = None) -> None:
         trt = require_tensorrt()
         machine = {**gpu_identity(), "tensorrt": trt.__version__}
-        model_dir = Path(model_dir)
-        version = version if version is not None else load_config(model_dir).version
-        folder, self.info = open_export(model_dir, version, self.registry_name, self.runtime.precision)
+        if export is None:
+            raise ConfigError("backend tensorrt runs an exported model; none was given (run `mmfusion export`)")
+        folder, self.info = export.folder, export.info
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.stream = torch.cuda.Stream()
         for group, graph_info in self.info.graphs.items():
@@ -251,17 +248,6 @@ class TensorRTBackend(Backend):
                 raise RuntimeError(f"{self.info.model}: TensorRT execution failed for a batch of {batch}")
         self.stream.synchronize()
         return {name: (t.float() if t.is_floating_point() else t).cpu().numpy() for name, t in outputs.items()}
-
-    def _full_graph(self):
-        if self.info is None:
-            raise RuntimeError("TensorRTBackend specs asked for before load")
-        return max(self.info.graphs.values(), key=lambda g: len(g.inputs))
-
-    def input_specs(self) -> list[TensorSpec]:
-        return self._full_graph().inputs
-
-    def output_specs(self) -> list[TensorSpec]:
-        return self._full_graph().outputs
 
     def close(self) -> None:
         self.contexts = {}

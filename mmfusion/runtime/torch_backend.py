@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from mmfusion.config import ConfigError, RuntimeSpec
 from mmfusion.graph import PipelineGraph
 from mmfusion.registry import BACKENDS
-from mmfusion.runtime.base import Backend, TensorSpec
+from mmfusion.runtime.base import Backend
+from mmfusion.runtime.exported import OpenedExport
+from mmfusion.runtime.tensors import TensorSpec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -38,11 +38,9 @@ class TorchBackend(Backend):
         self._forward = None
         self._probed: tuple[list[TensorSpec], list[TensorSpec]] | None = None
 
-    def load(self, model_dir: str | Path, graph: PipelineGraph | None = None, version: int | None = None) -> None:
+    def load(self, graph: PipelineGraph | None, export: OpenedExport | None = None) -> None:
         if graph is None:
-            from mmfusion.pipeline import build_graph
-
-            graph = build_graph(model_dir)
+            raise ConfigError("backend torch runs a built pipeline graph; none was given")
         if self.runtime.threads is not None:
             torch.set_num_threads(self.runtime.threads)
         self.graph = graph.to(self.device, self.dtype).eval()

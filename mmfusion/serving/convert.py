@@ -11,14 +11,12 @@ import cv2
 import numpy as np
 from google.protobuf import struct_pb2
 
-from mmfusion.media import check_image, decode_audio, decode_image
+from mmfusion.media import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_image, check_pcm16, decode_audio, decode_image
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving.models import ModelEntry
 from mmfusion.types import InputError, Inputs, Prediction
 
 MAX_IMAGE_PIXELS = 64_000_000
-MIN_SAMPLE_RATE = 8_000
-MAX_SAMPLE_RATE = 192_000
 RAW_CHANNELS = {pb.IMAGE_ENCODING_RAW_RGB8: 3, pb.IMAGE_ENCODING_RAW_GRAY8: 1}
 REPORT_HEAD_KINDS = ("report",)
 
@@ -67,9 +65,7 @@ def image_from_proto(image: pb.Image, field: str) -> np.ndarray:
 
 
 def _pcm16_to_wav(data: bytes, sample_rate: int, channels: int, field: str) -> bytes:
-    frame_bytes = 2 * channels
-    if len(data) % frame_bytes:
-        raise InputError(f"{field}.data: {len(data)} bytes is not a whole number of {channels}-channel PCM16 frames")
+    channels = check_pcm16(data, sample_rate, channels, field)
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as writer:
         writer.setnchannels(channels)
@@ -86,11 +82,7 @@ def decode_audio_bytes(data: bytes, encoding: int, sample_rate: int, channels: i
     if sample_rate and not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise InputError(f"{field}.sample_rate: {sample_rate} Hz; expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     if encoding == pb.AUDIO_ENCODING_PCM16:
-        if not sample_rate:
-            raise InputError(f"{field}.sample_rate: 0; PCM16 needs {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
-        if not 0 <= channels <= 8:
-            raise InputError(f"{field}.channels: {channels}; expected 1..8")
-        data = _pcm16_to_wav(data, sample_rate, channels or 1, field)
+        data = _pcm16_to_wav(data, sample_rate, channels, field)
     return decode_audio(data, field)
 
 

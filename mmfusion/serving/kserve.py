@@ -33,11 +33,14 @@ from mmfusion.config import ConfigError
 from mmfusion.graph import input_name
 from mmfusion.pipeline import Pipeline
 from mmfusion.proto import inspection_pb2 as pb
+from mmfusion.runtime.specs import group_key, probe_specs
+from mmfusion.runtime.tensors import TensorSpec as RuntimeTensorSpec
 from mmfusion.serving.batching import Call, InferTensors
 from mmfusion.serving.convert import decode_audio_bytes, image_from_proto
+from mmfusion.serving.dispatch import run_on_model
+from mmfusion.serving.errors import rpc_errors
 from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.models import ModelEntry, ModelManager, ModelNotFound
-from mmfusion.serving.servicer import rpc_errors, run_on_model
 from mmfusion.types import InputError, Modality
 
 KSERVE_SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -103,55 +106,32 @@ class ModelSignature:
         return [m.value for m in self.modality_inputs if m in RAW_MODALITIES]
 
 
-def _datatype(array: np.ndarray) -> str:
-    datatype = DATATYPE_OF.get(array.dtype)
+def _datatype(dtype: np.dtype) -> str:
+    datatype = DATATYPE_OF.get(np.dtype(dtype))
     if datatype is None:
-        raise ValueError(f"array dtype {array.dtype} has no KServe datatype")
+        raise ValueError(f"array dtype {dtype} has no KServe datatype")
     return datatype
 
 
-def _probe_items(modality: Modality) -> tuple[list, list]:
-    """A batch of one small item and a batch of two items of other sizes, for one modality."""
-    rng = np.random.default_rng(0)
-
-    def image(height: int, width: int) -> np.ndarray:
-        return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-    def audio(seconds: float) -> np.ndarray:
-        return (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
-
-    if modality is Modality.IMAGE:
-        return [image(32, 48)], [image(32, 48), image(40, 24)]
-    if modality is Modality.TEXT:
-        return ["probe"], ["probe", "a longer probe sentence with several more words in it"]
-    if modality is Modality.AUDIO:
-        return [audio(1.0)], [audio(1.0), audio(2.0)]
-    return [[image(32, 48)] * 2], [[image(32, 48)] * 2, [image(32, 48)] * 3]
-
-
-def _spec(name: str, small: np.ndarray, large: np.ndarray) -> TensorSpec:
-    """The batch dimension and every dimension that differs between the probes are dynamic."""
-    dims = [-1] + [a if a == b else -1 for a, b in zip(small.shape[1:], large.shape[1:])]
-    return TensorSpec(name, _datatype(small), tuple(dims))
+def _kserve_spec(spec: RuntimeTensorSpec) -> TensorSpec:
+    """A graph tensor spec (numpy dtype name, DYNAMIC = -1) as KServe describes it."""
+    return TensorSpec(spec.name, _datatype(spec.dtype), tuple(spec.shape))
 
 
 def probe_signature(pipeline: Pipeline) -> ModelSignature:
-    """Find a pipeline's input and output tensors by preprocessing and running two probe batches."""
-    small_inputs: dict[str, np.ndarray] = {}
-    large_inputs: dict[str, np.ndarray] = {}
-    modality_inputs: dict[Modality, tuple[str, ...]] = {}
-    for modality in pipeline.modalities:
-        encoder = pipeline.encoder(modality)
-        small_items, large_items = _probe_items(modality)
-        small, large = encoder.preprocess(small_items), encoder.preprocess(large_items)
-        names = tuple(input_name(modality, array) for array in encoder.input_names)
-        modality_inputs[modality] = names
-        for array, name in zip(encoder.input_names, names):
-            small_inputs[name], large_inputs[name] = small[array], large[array]
-    small_outputs, large_outputs = pipeline.backend.run(small_inputs), pipeline.backend.run(large_inputs)
-    inputs = {name: _spec(name, small_inputs[name], large_inputs[name]) for name in small_inputs}
-    outputs = {name: _spec(name, small_outputs[name], large_outputs[name]) for name in small_outputs}
-    return ModelSignature(inputs, modality_inputs, outputs)
+    """Find a pipeline's input and output tensors by running two probe batches through its backend."""
+    group = group_key(pipeline.modalities)
+    inputs, outputs = probe_specs(pipeline.graph, group, pipeline.backend.run)
+    modality_inputs = {
+        modality: tuple(input_name(modality, array) for array in pipeline.encoder(modality).input_names)
+        for modality in pipeline.modalities
+    }
+    by_name = {spec.name: _kserve_spec(spec) for spec in inputs}
+    return ModelSignature(
+        {name: by_name[name] for names in modality_inputs.values() for name in names},  # each encoder's own order
+        modality_inputs,
+        {spec.name: _kserve_spec(spec) for spec in outputs},
+    )
 
 
 def _shape_text(shape) -> str:
@@ -423,7 +403,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         response = kpb.ModelInferResponse(model_name=entry.name, model_version=entry.version, id=request.id)
         for name in requested or list(outputs):
             array = np.asarray(outputs[name])
-            response.outputs.add(name=name, datatype=_datatype(array), shape=array.shape)
+            response.outputs.add(name=name, datatype=_datatype(array.dtype), shape=array.shape)
             response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
         return response
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmfusion.config import PipelineConfig, load_config
-from mmfusion.pipeline import Pipeline, models_root, resolve_model_dir
+from mmfusion.config import PipelineConfig
+from mmfusion.pipeline import Pipeline
+from mmfusion.repository.folder import model_folders, models_root, read_config, resolve_model_dir
 from mmfusion.serving.batching import ModelRunner, Work, is_inference
 from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.scheduler import BatchingConfig, BatchScheduler
@@ -79,7 +80,7 @@ class ModelManager:
 
     def repository(self) -> dict[str, Path]:
         """Model folders that can be loaded by name: the repository plus folders loaded by path."""
-        found = {path.parent.name: path.parent for path in sorted(self.model_root.glob("*/config.yaml"))}
+        found = model_folders(self.model_root)
         with self._lock:
             found.update(self._known_dirs)
         return found
@@ -106,7 +107,7 @@ class ModelManager:
         backend None: the model's `runtime:` block chooses.
         """
         model_dir = self._model_dir(name_or_path, allow_path)
-        config = load_config(model_dir)
+        config = read_config(model_dir)
         with self._lock:
             gate = self._loading.setdefault(config.name, threading.Lock())
         with gate:
@@ -168,7 +169,7 @@ class ModelManager:
             if name in self._loaded:
                 return self._loaded[name]
         model_dir = self._model_dir(name, allow_path=False)
-        return ModelEntry(name, model_dir, load_config(model_dir))
+        return ModelEntry(name, model_dir, read_config(model_dir))
 
     def loaded(self) -> list[ModelEntry]:
         with self._lock:

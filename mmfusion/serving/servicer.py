@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
-import queue
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import CancelledError, Future
-from contextlib import contextmanager
 
 import grpc
 
@@ -18,7 +13,7 @@ from mmfusion.calls.call import is_call_model
 from mmfusion.config import ConfigError
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
-from mmfusion.serving.batching import Call, Outcome, Predict, Work
+from mmfusion.serving.batching import Outcome, Predict
 from mmfusion.serving.cache import ResultCache
 from mmfusion.serving.convert import (
     REPORT_HEAD_KINDS,
@@ -28,151 +23,18 @@ from mmfusion.serving.convert import (
     model_to_proto,
     prediction_to_proto,
 )
+from mmfusion.serving.dispatch import failed, run_on_model, timings
+from mmfusion.serving.errors import one_line, rpc_errors, status_of
+from mmfusion.serving.inspect_cache import InspectCache
 from mmfusion.serving.metrics import ServiceMetrics
-from mmfusion.serving.models import ModelEntry, ModelManager, ModelNotFound
-from mmfusion.serving.scheduler import DeadlineExceededError, QueueFullError, SchedulerClosedError
+from mmfusion.serving.models import ModelEntry, ModelManager
+from mmfusion.serving.report_stream import report_chunks
+from mmfusion.serving.scheduler import QueueFullError, SchedulerClosedError
 from mmfusion.serving.streams import FrameSlot, FrameWork, StreamSession, StreamState
 from mmfusion.types import InputError, Inputs
 
 LOG = logging.getLogger(__name__)
 DEFAULT_MAX_AUDIO_BYTES = 256 * 1024 * 1024
-NO_DEADLINE_SECONDS = 365 * 24 * 3600.0  # grpc reports a call without a deadline as one far in the future
-
-
-def _one_line(error: BaseException) -> str:
-    return " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
-
-
-def status_of(error: BaseException) -> grpc.StatusCode:
-    """The status code of an error a request caused or met; INTERNAL for anything unexpected."""
-    if isinstance(error, ModelNotFound):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(error, ConfigError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(error, InputError | ValueError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, NotImplementedError):
-        return grpc.StatusCode.UNIMPLEMENTED
-    if isinstance(error, QueueFullError | MemoryError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(error, DeadlineExceededError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(error, SchedulerClosedError):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(error, CancelledError):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.INTERNAL
-
-
-HANDLED_ERRORS = (
-    ModelNotFound,
-    ConfigError,
-    InputError,
-    ValueError,
-    NotImplementedError,
-    QueueFullError,
-    MemoryError,
-    DeadlineExceededError,
-    SchedulerClosedError,
-    CancelledError,
-)
-
-
-@contextmanager
-def rpc_errors(context: grpc.ServicerContext):
-    """Turn user errors, backpressure and deadlines into status codes; the server keeps serving after any of them."""
-    try:
-        yield
-    except HANDLED_ERRORS as error:
-        message = "the server ran out of memory on this request" if isinstance(error, MemoryError) else error
-        context.abort(status_of(error), _one_line(message))
-
-
-def _time_remaining(context: grpc.ServicerContext) -> float | None:
-    """Seconds left before the call's deadline; None when the client set none."""
-    remaining = context.time_remaining()
-    if remaining is None or not math.isfinite(remaining) or remaining > NO_DEADLINE_SECONDS:
-        return None
-    return remaining
-
-
-def submit(entry: ModelEntry, work: Work, stream_id: str | None = None, deadline: float | None = None) -> Future:
-    """Queue one work item on the model's scheduler; a closed scheduler means the model was unloaded."""
-    try:
-        return entry.scheduler.submit(work, stream_id=stream_id, deadline=deadline)
-    except SchedulerClosedError:
-        raise ModelNotFound(f"model {entry.name!r} was unloaded while this request waited") from None
-
-
-def run_on_model(entry: ModelEntry, work: Work, context: grpc.ServicerContext) -> Outcome:
-    """Run one item through the model's scheduler within the call's deadline (expired work is never computed)."""
-    remaining = _time_remaining(context)
-    future = submit(entry, work, deadline=None if remaining is None else time.monotonic() + remaining)
-    context.add_callback(future.cancel)  # a client that leaves takes its queued work with it
-    try:
-        return future.result(timeout=remaining)
-    except TimeoutError:
-        future.cancel()
-        raise DeadlineExceededError(
-            f"model {entry.name!r}: the deadline passed before this request was served"
-        ) from None
-    except SchedulerClosedError:
-        raise ModelNotFound(f"model {entry.name!r} was unloaded while this request waited") from None
-
-
-def report_chunks(
-    entry: ModelEntry, head: str, images: list, text: str, context: grpc.ServicerContext
-) -> Iterator[pb.ReportChunk]:
-    """Run the report head's `write` on the model's scheduler and relay its text as it comes, then the fields."""
-    pieces: queue.SimpleQueue = queue.SimpleQueue()
-    client_left = threading.Event()
-    context.add_callback(client_left.set)
-
-    def emit(piece: str) -> None:
-        if client_left.is_set():
-            raise CancelledError("the client left; report generation stopped")
-        pieces.put(piece)
-
-    def write(pipeline):
-        return pipeline.graph.heads[head].write(pipeline, head, images, text or None, emit)
-
-    remaining = _time_remaining(context)
-    deadline = None if remaining is None else time.monotonic() + remaining
-    future = submit(entry, Call(write), deadline=deadline)
-    context.add_callback(future.cancel)
-    future.add_done_callback(lambda _: pieces.put(None))
-    while True:
-        try:
-            piece = pieces.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            future.cancel()
-            raise DeadlineExceededError(
-                f"model {entry.name!r}: the deadline passed while the report was written"
-            ) from None
-        if piece is None:
-            break
-        yield pb.ReportChunk(text=piece)
-    report = future.result().unwrap()
-    yield pb.ReportChunk(fields=report.flat_fields(), final=True)
-
-
-def _milliseconds(start: float, end: float) -> float:
-    return (end - start) * 1000.0
-
-
-def _timings(received: float, submitted: float, outcome: Outcome) -> pb.Timings:
-    return pb.Timings(
-        decode_ms=_milliseconds(received, submitted),
-        queue_ms=_milliseconds(submitted, outcome.started),
-        compute_ms=_milliseconds(outcome.started, outcome.finished),
-        total_ms=_milliseconds(received, time.monotonic()),
-    )
-
-
-def _failed(error: Exception) -> Future:
-    future: Future = Future()
-    future.set_exception(error)
-    return future
 
 
 class InspectionServicer(pb_grpc.InspectionServicer):
@@ -189,8 +51,8 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         self.models = models
         self.max_audio_bytes = max_audio_bytes
         self.metrics = metrics if metrics is not None else ServiceMetrics()
-        self.cache = cache if cache is not None else ResultCache(0)  # an empty cache is falsy (len 0)
-        self.no_cache_models = frozenset(no_cache_models)
+        cache = cache if cache is not None else ResultCache(0)  # an empty cache is falsy (len 0)
+        self.results = InspectCache(cache, self.metrics, frozenset(no_cache_models))
         self._calls = itertools.count()
 
     def _predict(
@@ -200,36 +62,22 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         submitted = time.monotonic()
         outcome = run_on_model(entry, Predict(prepared), context)
         result = prediction_to_proto(outcome.unwrap(), entry, **options)
-        result.timings.CopyFrom(_timings(received, submitted, outcome))
+        result.timings.CopyFrom(timings(received, submitted, outcome))
         return result
-
-    def _cache_key(self, entry: ModelEntry, request: pb.InspectRequest) -> str | None:
-        """model@version + sha256 of the whole request (every input byte and option); None when not cached."""
-        if not self.cache.enabled or entry.name in self.no_cache_models:
-            return None
-        return self.cache.key(entry.name, entry.version, request.SerializeToString(deterministic=True))
 
     def Inspect(self, request: pb.InspectRequest, context: grpc.ServicerContext) -> pb.InspectionResult:
         with rpc_errors(context):
             received = time.monotonic()
             entry = self.models.get(request.model, request.version)
             with self.metrics.request(entry.name, entry.version):
-                key = self._cache_key(entry, request)
-                if key is not None:
-                    cached = self.cache.get(key)
-                    self.metrics.record_cache(entry.name, hit=cached is not None)
-                    if cached is not None:
-                        result = pb.InspectionResult.FromString(cached)
-                        elapsed = _milliseconds(received, time.monotonic())
-                        result.timings.CopyFrom(pb.Timings(decode_ms=elapsed, total_ms=elapsed))
-                        return result
+                key = self.results.key(entry, request)
+                cached = self.results.get(entry, key, received) if key is not None else None
+                if cached is not None:
+                    return cached
                 options = {"include_heatmap": request.include_heatmap, "include_embedding": request.include_embedding}
                 result = self._predict(entry, inputs_from_request(request), received, context, **options)
                 if key is not None:
-                    stored = pb.InspectionResult()
-                    stored.CopyFrom(result)
-                    stored.ClearField("timings")
-                    self.cache.put(key, stored.SerializeToString(deterministic=True))
+                    self.results.put(key, result)
                 return result
 
     def _start_frame(self, stream: StreamState, frame: pb.Frame) -> FrameWork:
@@ -245,7 +93,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             submitted = time.monotonic()
             future = entry.scheduler.submit(work, stream_id=stream.key)
         except (InputError, ValueError, QueueFullError, SchedulerClosedError) as error:
-            return FrameWork(_failed(error), entry, received, received)
+            return FrameWork(failed(error), entry, received, received)
         dropped = entry.scheduler.drop_oldest(stream.key, keep=stream.max_pending)
         if dropped:
             self.metrics.record_dropped_frames(stream.stream_id, len(dropped))
@@ -266,10 +114,10 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         self.metrics.record_request(work.entry.name, work.entry.version, success=error is None)
         self.metrics.set_stream_fps(stream.stream_id, stream.answered())
         if error is not None:
-            reply.error.CopyFrom(pb.FrameError(code=status_of(error).name, message=_one_line(error)))
+            reply.error.CopyFrom(pb.FrameError(code=status_of(error).name, message=one_line(error)))
             return reply
         reply.result.CopyFrom(prediction_to_proto(outcome.value, work.entry))
-        reply.result.timings.CopyFrom(_timings(work.received, work.submitted, outcome))
+        reply.result.timings.CopyFrom(timings(work.received, work.submitted, outcome))
         reply.smoothed_verdict = stream.smooth(reply.result.verdict)
         return reply
 
@@ -324,7 +172,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         submitted = time.monotonic()
         outcome = run_on_model(entry, call_work(audio), context)
         result = call_to_proto(outcome.unwrap(), entry.name, entry.version)
-        result.timings.CopyFrom(_timings(received, submitted, outcome))
+        result.timings.CopyFrom(timings(received, submitted, outcome))
         return result
 
     def GenerateReport(self, request: pb.ReportRequest, context: grpc.ServicerContext) -> Iterator[pb.ReportChunk]:

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mmfusion.data.csv_rows import report_problems
 from mmfusion.data.manifest import read_boxes
-from mmfusion.data.table import SOURCE_COLUMN, Table, TableRow, read_table, report_problems, write_table
+from mmfusion.data.table import SOURCE_COLUMN, Table, TableError, TableRow, read_table, write_table
 from mmfusion.media import decode_image
 from mmfusion.training import image_augment as ia
 from mmfusion.training.glossary import Glossary, load_glossary, text_variants
@@ -89,7 +90,7 @@ def augment_file(
             problems.append(
                 f"line {row.line}: image augmentation of rows that also carry video or audio is not supported"
             )
-    report_problems(table.path, problems)
+    report_problems(table.path, problems, TableError)
     out = Path(out)
     files = out.parent / f"{out.stem}_files"
     files.mkdir(parents=True, exist_ok=True)

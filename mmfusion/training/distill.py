@@ -130,7 +130,8 @@ class DistillLoss:
 
 def distill(teacher_ref: str, student_ref: str, options: DistillOptions, say=print) -> DistillResult:
     """Distil the teacher into the student; write the student's new version and the run record."""
-    from mmfusion.pipeline import Pipeline, resolve_model_dir
+    from mmfusion.pipeline import Pipeline
+    from mmfusion.repository.folder import resolve_model_dir
 
     device = pick_device(options.device)
     torch.manual_seed(options.seed)

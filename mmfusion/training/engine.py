@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mmfusion.data.table import read_table, report_problems
+from mmfusion.data.csv_rows import report_problems
+from mmfusion.data.table import TableError, read_table
 from mmfusion.graph import PipelineGraph, input_name
 from mmfusion.types import InputError, Inputs
 
@@ -58,7 +59,7 @@ def load_examples(path: str | Path, pipeline, labels: list[str]) -> list[Example
             for e in examples
             if tuple(m.value for m in e.inputs.present()) != first
         ][:5]
-    report_problems(table.path, problems)
+    report_problems(table.path, problems, TableError)
     return examples
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mmfusion import adapters
 from mmfusion.config import ConfigError, PipelineConfig
 from mmfusion.graph import PipelineGraph
 from mmfusion.repository import versions
-from mmfusion.training import adapters
 from mmfusion.training.engine import Example, History, TaskModel, Trainer, distributed, load_examples
 from mmfusion.training.options import METHODS, TrainOptions
 from mmfusion.training.report import plot_curve, write_metrics
@@ -138,7 +138,8 @@ def _save_checkpoint(out: Path, task: TaskModel, history: History, best: dict[st
 
 def finetune(model: str, options: TrainOptions, say=print) -> TrainResult:
     """Train, then write the new version (LoRA merged) into the model's versions/ and the run record into OUT."""
-    from mmfusion.pipeline import Pipeline, resolve_model_dir
+    from mmfusion.pipeline import Pipeline
+    from mmfusion.repository.folder import resolve_model_dir
 
     rank, world = distributed()
     name, version = versions.parse_reference(model)

@@ -6,7 +6,8 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from mmfusion.data.table import Table, TableRow, read_table, report_problems, write_table
+from mmfusion.data.csv_rows import report_problems
+from mmfusion.data.table import Table, TableError, TableRow, read_table, write_table
 
 SPLIT_NAMES = {2: ("train", "val"), 3: ("train", "val", "test")}
 
@@ -87,7 +88,9 @@ def split_table(
     if problems:
         raise ValueError(f"{table.path}: {'; '.join(problems)}; columns are {', '.join(table.columns)}")
     if group:
-        report_problems(table.path, [f"line {r.line}: {group}: empty" for r in table.rows if not r.get(group)])
+        report_problems(
+            table.path, [f"line {r.line}: {group}: empty" for r in table.rows if not r.get(group)], TableError
+        )
         parts = _split_groups(table.rows, ratios, stratify, group, seed)
     else:
         parts = _split_rows(table.rows, ratios, stratify, seed)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmfusion.heads.patchcore.calibration import Calibration, best_f1_threshold, calibrate_scores, fdr_threshold
+from mmfusion.fitting.patchcore import calibrate_scores
+from mmfusion.fitting.thresholds import best_f1_threshold, fdr_threshold
+from mmfusion.heads.patchcore.calibration import Calibration
 from mmfusion.types import InputError
 
 

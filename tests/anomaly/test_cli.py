@@ -9,7 +9,7 @@ import numpy as np
 
 from mmfusion.cli.main import main
 from mmfusion.evaluation.anomaly import evaluate
-from mmfusion.repository.manifests import verify_manifest
+from mmfusion.security.integrity import verify_manifest
 
 NAMED_KEYS = {"image_auroc", "pixel_auroc", "f1", "false_detection_rate", "miss_rate", "images_per_second", "per_class"}
 

@@ -10,6 +10,7 @@ import torch
 
 from mmfusion.config import HeadSpec
 from mmfusion.data.manifest import load_manifest
+from mmfusion.fitting import patchcore as patchcore_fitting
 from mmfusion.heads.patchcore.head import PatchCoreHead, PatchCoreParams
 from mmfusion.pipeline import Pipeline
 from mmfusion.types import Embedding, Inputs
@@ -20,7 +21,7 @@ def test_save_and_load_give_identical_scores_maps_and_boxes(model_dir, suite, tm
     shutil.copytree(model_dir, folder)
     pipeline = Pipeline(folder)
     head = pipeline.graph.heads["anomaly"]
-    summary = head.fit(pipeline, load_manifest(suite["train"])[:6], None)
+    summary = patchcore_fitting.fit(pipeline, "anomaly", load_manifest(suite["train"])[:6], None)
     assert summary["images"] == 5 and summary["bank_size"] == round(5 * 256 * 0.05)  # one part held out
     images = [row.read_image() for row in load_manifest(suite["test"])[:4]]
     before = pipeline.predict_batch([Inputs(image=image) for image in images])

@@ -11,6 +11,7 @@ import torch
 from mmfusion.calls.decode import PCM16, decode_call_audio
 from mmfusion.calls.metrics import call_metrics
 from mmfusion.config import ConfigError, HeadSpec
+from mmfusion.fitting.call_labels import fit_call_labels
 from mmfusion.heads.audio import CallLabelsHead, CallLabelsParams
 from mmfusion.media import decode_audio
 from mmfusion.types import Embedding, InputError
@@ -78,7 +79,7 @@ def test_call_labels_head_fits_saves_and_reloads(tmp_path):
     pooled = centres[targets] + torch.randn(40, 16, generator=generator)  # (N, D)
     head = CallLabelsHead(CallLabelsParams(hidden=8), 16, spec)
     assert not head.fitted
-    head.fit(pooled, [spec.labels[i] for i in targets])
+    fit_call_labels(head, pooled, [spec.labels[i] for i in targets])
     results = head.postprocess({"probabilities": head(Embedding.from_pooled(pooled))["probabilities"].detach().numpy()})
     assert [r["label"] for r in results] == [spec.labels[i] for i in targets]
     head.save_fitted(tmp_path / "intent")

@@ -7,7 +7,7 @@ import pytest
 from mmfusion.calls.compliance import Utterance, check_compliance, match_score
 from mmfusion.calls.config import LabelSet, PhraseList, load_yaml_model
 from mmfusion.calls.labels import LabelResult, escalation_points
-from mmfusion.pipeline import models_root
+from mmfusion.repository.folder import models_root
 
 CALL_CENTRE = models_root() / "call-centre"
 

@@ -7,7 +7,7 @@ import pytest
 
 from mmfusion.cli.main import main
 from mmfusion.client import InspectionClient, ServerError, to_dict
-from mmfusion.pipeline import models_root
+from mmfusion.repository.folder import models_root
 from mmfusion.serving import build_server
 from tests.calls.conftest import CLIP, wav_bytes
 from tests.calls.test_transcription import second_clip, stereo_call

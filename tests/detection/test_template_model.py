@@ -13,9 +13,11 @@ import pytest
 from mmfusion.data.deeppcb import deeppcb_manifests
 from mmfusion.data.manifest import Box, load_manifest, write_manifest
 from mmfusion.evaluation.boxes import box_metrics
+from mmfusion.fitting.detection import calibrate
 from mmfusion.heads.detection.head import CALIBRATION_FILE, WEIGHTS_FILE
-from mmfusion.pipeline import FITTED_DIR, Pipeline, models_root
-from mmfusion.repository.manifests import safe_torch_load
+from mmfusion.pipeline import Pipeline
+from mmfusion.repository.folder import FITTED_DIR, models_root
+from mmfusion.security.integrity import safe_torch_load
 from mmfusion.types import InputError, Inputs
 from tests.detection.boards import SHORT_CENTRE, SPUR_CENTRE, clean_board, defective_board, near
 
@@ -138,7 +140,7 @@ def test_calibrate_changes_only_the_stored_threshold(model_copy, tmp_path):
     pair = Inputs(image=defective_board(), reference=clean_board())
     raw_before = pipeline.raw_outputs([pair])
     weights_before = safe_torch_load(model_copy / FITTED_DIR / HEAD / WEIGHTS_FILE)
-    strict = head.calibrate(pipeline, rows, "fdr", 0.0)
+    strict = calibrate(pipeline, HEAD, rows, "fdr", 0.0)
     head.save_fitted(model_copy / FITTED_DIR / HEAD)
     stored = json.loads((model_copy / FITTED_DIR / HEAD / CALIBRATION_FILE).read_text())
     assert stored["threshold"] == pytest.approx(strict["threshold"]) and stored["rule"] == "fdr"
@@ -158,4 +160,4 @@ def test_calibrate_changes_only_the_stored_threshold(model_copy, tmp_path):
 
 def test_calibrate_refuses_an_unknown_rule(template_model, tmp_path):
     with pytest.raises(InputError, match="rule: 'best'"):
-        template_model.graph.heads[HEAD].calibrate(template_model, synthetic_rows(tmp_path), "best", 0.1)
+        calibrate(template_model, HEAD, synthetic_rows(tmp_path), "best", 0.1)

@@ -8,8 +8,8 @@ import pytest
 
 from mmfusion.client import InspectionClient, image_message
 from mmfusion.heads.detection.head import WEIGHTS_FILE
-from mmfusion.pipeline import FITTED_DIR, models_root
 from mmfusion.proto import inspection_pb2 as pb
+from mmfusion.repository.folder import FITTED_DIR, models_root
 from mmfusion.serving import build_server
 from tests.detection.boards import SHORT_CENTRE, SPUR_CENTRE, clean_board, defective_board, near
 

@@ -10,11 +10,11 @@ import pytest
 
 from mmfusion.cli.main import main
 from mmfusion.pipeline import Pipeline
-from mmfusion.prompts.abtest import load_eval_items, paired_bootstrap, run_ab, variants_from_files, write_outputs
-from mmfusion.prompts.compress import compress
-from mmfusion.prompts.metrics import bleu4, field_accuracy, mention_accuracy, meteor_style, rouge_l
-from mmfusion.prompts.noise import NOISE, inject
-from mmfusion.prompts.template import library
+from mmfusion.reports.abtest import load_eval_items, paired_bootstrap, run_ab, variants_from_files, write_outputs
+from mmfusion.reports.compress import compress
+from mmfusion.reports.metrics import bleu4, field_accuracy, mention_accuracy, meteor_style, rouge_l
+from mmfusion.reports.noise import NOISE, inject
+from mmfusion.templates.schema import library
 from tests.test_pipeline import BLUE, RED, tiny_model
 
 GOOD = str(library()["defect_inspection"][1])

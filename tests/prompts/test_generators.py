@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from mmfusion.prompts.findings import findings_from_outputs, location_of, severity_of
-from mmfusion.prompts.generators import GENERATORS, ReportInput
-from mmfusion.prompts.generators.hf_causal_lm import HFCausalLMGenerator, ReportSchemaError, extract_json
-from mmfusion.prompts.template import load_template
+from mmfusion.reports.findings import findings_from_outputs, location_of, severity_of
+from mmfusion.reports.generators import GENERATORS, ReportInput
+from mmfusion.reports.generators.hf_causal_lm import HFCausalLMGenerator, ReportSchemaError, extract_json
+from mmfusion.templates.schema import load_template
 
 TEMPLATE = load_template("defect_inspection@1")
 RESULT = {
@@ -106,3 +106,16 @@ def test_hf_causal_lm_valid_answer_repaired_and_retried(tiny_gpt2):
     generator.complete = lambda prompt, emit: (next(answers), 10, 5)
     retried = generator.generate(TEMPLATE, ReportInput([]), lambda _: None)
     assert retried.fields == good and (retried.tokens_in, retried.tokens_out) == (20, 10)
+
+
+def test_hf_causal_lm_config_mistakes_fail_when_the_model_loads(tmp_path):
+    from mmfusion.config import ConfigError, HeadSpec, validate_params
+    from mmfusion.heads.report import ReportHead, ReportParams
+
+    with pytest.raises(ConfigError, match="generator hf_causal_lm needs `path`: a local transformers model folder"):
+        validate_params(ReportParams, {"generator": "hf_causal_lm"}, "config.yaml", ("heads", "report"), tmp_path)
+    params = validate_params(
+        ReportParams, {"generator": "hf_causal_lm", "path": "lm"}, "config.yaml", ("heads", "report"), tmp_path
+    )
+    with pytest.raises(ConfigError, match="is not a transformers model folder"):
+        ReportHead(params, 8, HeadSpec(name="report"))

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from mmfusion.client import InspectionClient, ServerError
-from mmfusion.pipeline import models_root
-from mmfusion.prompts.dataset import load_report_manifest, make_report_suite
-from mmfusion.prompts.template import load_template
-from mmfusion.prompts.train import train_cross_modal
+from mmfusion.reports.dataset import load_report_manifest, make_report_suite
+from mmfusion.reports.train import train_cross_modal
+from mmfusion.repository.folder import models_root
 from mmfusion.serving import build_server
+from mmfusion.templates.schema import load_template
 
 TEMPLATE = "defect_inspection@1"
 
@@ -60,6 +60,22 @@ def client(root):
         with InspectionClient(f"127.0.0.1:{server.port}", timeout=60) as connected:
             connected.wait_ready(10)
             yield connected
+
+
+def test_writer_builds_the_generator_once_per_pipeline_with_its_fitted_decoder(root):
+    from mmfusion.pipeline import Pipeline
+    from mmfusion.reports.writer import ReportWriter
+
+    pipeline = Pipeline(root[0] / "report-decoder")
+    try:
+        writer = ReportWriter(pipeline, "report")
+        assert writer.generator is ReportWriter(pipeline, "report").generator
+        assert writer.generator.decoder is not None and writer.template.key == TEMPLATE
+        pieces = []
+        report = writer.write([load_report_manifest(root[1])[0].read_image()], None, pieces.append)
+        assert report.text == "".join(pieces) and report.generator == "cross_modal"
+    finally:
+        pipeline.close()
 
 
 @pytest.mark.slow

@@ -7,11 +7,11 @@ import re
 import pytest
 
 from mmfusion.config import ConfigError
-from mmfusion.prompts.fewshot import Example, ExampleSelector, load_pool, minilm_embed
-from mmfusion.prompts.findings import Finding
-from mmfusion.prompts.render import fence_id, render
-from mmfusion.prompts.report import compose, parse_report
-from mmfusion.prompts.template import library, load_template, read_template
+from mmfusion.reports.fewshot import Example, ExampleSelector, load_pool, minilm_embed
+from mmfusion.reports.findings import Finding
+from mmfusion.reports.render import fence_id, render
+from mmfusion.reports.report import compose, parse_report
+from mmfusion.templates.schema import library, load_template, read_template
 from mmfusion.types import InputError
 
 SHIPPED = [f"{name}@{version}" for name, versions in library().items() for version in versions]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mmfusion.cli.main import main
-from mmfusion.runtime.exported import export_dir
+from mmfusion.repository.exports import export_dir
 from tests.runtime.conftest import BLUE, copy_model
 
 

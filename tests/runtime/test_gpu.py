@@ -10,8 +10,9 @@ import importlib.util
 import pytest
 import torch
 
+from mmfusion.exporting import export_model
 from mmfusion.pipeline import Pipeline
-from mmfusion.runtime.export import compare_outputs, export_model, within_fp32_parity
+from mmfusion.runtime.parity import compare_outputs, within_fp32_parity
 from mmfusion.types import Inputs
 from tests.conftest import random_image
 from tests.runtime.conftest import BLUE, RED, copy_model

@@ -10,10 +10,11 @@ from mmfusion.config import RuntimeSpec
 from mmfusion.data.manifest import load_manifest, write_manifest
 from mmfusion.data.synthetic import make_synthetic_suite
 from mmfusion.evaluation.anomaly import image_metrics, score_rows
+from mmfusion.exporting import export_model
 from mmfusion.fitting.model import fit_model
 from mmfusion.pipeline import Pipeline
-from mmfusion.runtime.export import export_model
-from mmfusion.runtime.exported import EXPORT_FILE, export_dir
+from mmfusion.repository.exports import export_dir
+from mmfusion.runtime.exported import EXPORT_FILE
 from mmfusion.runtime.quantize import FIDELITY_TARGET, MAX_WIDE_FRACTION
 from mmfusion.runtime.recheck import DEFAULT_INT8_MARGIN
 from tests.anomaly.conftest import IMAGE_SIZE, small_anomaly_model
@@ -54,7 +55,10 @@ def test_int8_export_keeps_sensitive_weights_wide_and_records_fidelity(fitted_in
     # all-INT8 EfficientNet-Lite0 falls short (its first depthwise convolution needs more than 8 weight bits)
     assert graph["parity"]["int8_only_calibration_output_cosine"] < FIDELITY_TARGET
     reached, wide = graph["parity"]["calibration_output_cosine"], graph["int16_weights"]
-    assert reached >= graph["parity"]["int8_only_calibration_output_cosine"] + 0.02
+    # keeping weights wide must buy fidelity: clearly with 7-bit weights (AVX2 CPUs: all-INT8 about 0.97),
+    # less where VNNI/AMX allow 8-bit weights (all-INT8 about 0.993), but always some
+    gain = 0.02 if graph["weight_bits"] == 7 else 0.001
+    assert reached >= graph["parity"]["int8_only_calibration_output_cosine"] + gain
     cap = int(33 * MAX_WIDE_FRACTION)  # EfficientNet-Lite0 to stride 16 has 33 convolutions
     assert 1 <= len(wide) <= cap
     assert reached >= FIDELITY_TARGET or len(wide) == cap  # the fewest that reach it, else all that are allowed

@@ -11,10 +11,11 @@ import pytest
 
 from mmfusion.config import ConfigError
 from mmfusion.pipeline import Pipeline
-from mmfusion.repository.manifests import MANIFEST_NAME, sha256_file
-from mmfusion.runtime.base import DYNAMIC
-from mmfusion.runtime.export import compare_outputs, within_fp32_parity
-from mmfusion.runtime.exported import EXPORT_FILE, export_dir
+from mmfusion.repository.exports import export_dir
+from mmfusion.runtime.exported import EXPORT_FILE
+from mmfusion.runtime.parity import compare_outputs, within_fp32_parity
+from mmfusion.runtime.tensors import DYNAMIC
+from mmfusion.security.integrity import MANIFEST_NAME, sha256_file
 from mmfusion.types import InputError, Inputs
 from tests.conftest import random_image
 from tests.runtime.conftest import BLUE, RED, copy_model
@@ -140,7 +141,7 @@ def test_open_clip_vit_tower_exports_within_fp32_parity(tmp_path):
     import yaml
 
     from mmfusion.encoders.open_clip_model import EXAMPLE_MODEL
-    from mmfusion.runtime.export import export_model
+    from mmfusion.exporting import export_model
 
     model = tmp_path / "clip"
     model.mkdir()

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mmfusion.pipeline import Pipeline
-from mmfusion.runtime.export import compare_outputs
-from mmfusion.runtime.exported import EXPORT_FILE, export_dir
+from mmfusion.repository.exports import export_dir
+from mmfusion.runtime.exported import EXPORT_FILE
+from mmfusion.runtime.parity import compare_outputs
 from mmfusion.runtime.quantize import calibration_hash, load_calibration_rows
 from mmfusion.types import InputError, Inputs
 from tests.conftest import random_image
@@ -101,8 +102,8 @@ def test_int8_weights_use_8_bits_only_where_the_cpu_has_int8_dot_products(
     import onnx
     from onnx import numpy_helper
 
+    from mmfusion.exporting import export_model
     from mmfusion.runtime import quantize
-    from mmfusion.runtime.export import export_model
     from mmfusion.runtime.exported import ExportInfo
     from mmfusion.runtime.onnx_backend import warn_if_weights_may_saturate
     from tests.runtime.conftest import write_tiny_model

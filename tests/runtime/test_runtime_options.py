@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from mmfusion.config import ConfigError, RuntimeSpec, parse_config
-from mmfusion.runtime.base import DYNAMIC, TensorSpec
 from mmfusion.runtime.onnx_backend import choose_providers
 from mmfusion.runtime.specs import default_groups, parse_groups
 from mmfusion.runtime.tensorrt_backend import check_engine_metadata, choose_profile, profile_shapes
+from mmfusion.runtime.tensors import DYNAMIC, TensorSpec
 from mmfusion.types import InputError, Modality
 from tests.runtime.conftest import tiny_config
 
@@ -68,7 +68,7 @@ def test_torch_compile_is_applied_with_the_configured_mode(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda module, **options: calls.append(options) or module)
     backend = TorchBackend(RuntimeSpec(compile=True, compile_mode="max-autotune", threads=torch.get_num_threads()))
-    backend.load("unused", graph=torch.nn.Identity())
+    backend.load(torch.nn.Identity())
     assert calls == [{"mode": "max-autotune", "dynamic": True}]
 
 

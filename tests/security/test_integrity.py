@@ -10,7 +10,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from mmfusion.repository.manifests import (
+from mmfusion.security.integrity import (
     MANIFEST_NAME,
     IntegrityError,
     safe_torch_load,

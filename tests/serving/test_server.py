@@ -27,9 +27,9 @@ from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving import build_server, serve
 from mmfusion.serving.batching import Call, Predict
 from mmfusion.serving.convert import wav_bytes
+from mmfusion.serving.dispatch import submit
 from mmfusion.serving.models import ModelEntry, ModelManager, ModelNotFound
 from mmfusion.serving.server import SERVICE_NAME
-from mmfusion.serving.servicer import submit
 from mmfusion.types import Inputs
 from tests.conftest import random_image, random_waveform
 from tests.test_pipeline import BLUE, RED, tiny_model
@@ -180,7 +180,7 @@ BAD_REQUESTS = [
     (
         pb.InspectRequest(model="tiny", audio=pb.Audio(data=b"\0\0" * 100, encoding=pb.AUDIO_ENCODING_PCM16)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        r"audio\.sample_rate: 0; PCM16 needs 8000\.\.192000 Hz",
+        r"audio\.sample_rate: 0 Hz; PCM16 needs 8000\.\.192000 Hz",
     ),
     (
         pb.InspectRequest(model="tiny", audio=pb.Audio(data=b"\0\0" * 100, sample_rate=5)),

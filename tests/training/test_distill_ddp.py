@@ -13,7 +13,8 @@ import safetensors.torch
 import torch
 
 from mmfusion.cli.main import main
-from mmfusion.pipeline import REPO_MODELS, Pipeline
+from mmfusion.pipeline import Pipeline
+from mmfusion.repository.folder import REPO_MODELS
 from mmfusion.types import Inputs
 from tests.training.helpers import read_rows, text_model, tiny_bert
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from mmfusion import adapters
 from mmfusion.data.table import TableError
 from mmfusion.pipeline import Pipeline
-from mmfusion.training import adapters
 from mmfusion.training.engine import TaskModel, Trainer, load_examples
 from mmfusion.training.finetune import adapt, finetune, imprint_head
 from mmfusion.training.options import TrainOptions

@@ -14,14 +14,15 @@ import torch
 from tqdm import tqdm
 
 from mmfusion.pipeline import Pipeline
-from mmfusion.prompts.compress import compress
-from mmfusion.prompts.dataset import load_report_manifest
-from mmfusion.prompts.findings import Finding, findings_from_outputs
-from mmfusion.prompts.generators.base import ReportInput
-from mmfusion.prompts.metrics import mention_accuracy, percentiles
-from mmfusion.prompts.noise import NOISE, inject
-from mmfusion.prompts.report import Report
-from mmfusion.prompts.template import PromptTemplate, load_template
+from mmfusion.reports.compress import compress
+from mmfusion.reports.dataset import load_report_manifest
+from mmfusion.reports.findings import Finding, findings_from_outputs
+from mmfusion.reports.generators.base import ReportInput
+from mmfusion.reports.metrics import mention_accuracy, percentiles
+from mmfusion.reports.noise import NOISE, inject
+from mmfusion.reports.report import Report
+from mmfusion.reports.writer import ReportWriter
+from mmfusion.templates.schema import PromptTemplate, load_template
 from mmfusion.types import InputError, Inputs, Modality
 
 CLEAN = "clean"
@@ -110,7 +111,7 @@ class ReportRunner:
         if head_name is None:
             raise InputError(f"model {pipeline.name!r} has no report head; A/B tests need one")
         self.head_name = head_name
-        self.head = pipeline.graph.heads[head_name]
+        self.writer = ReportWriter(pipeline, head_name)
         self._cache: dict[tuple[str, str], tuple[ReportInput, float]] = {}
 
     def _inputs(self, item: EvalItem, note: str | None) -> Inputs:
@@ -123,7 +124,7 @@ class ReportRunner:
         if key not in self._cache:
             started = time.perf_counter()
             inputs = self._inputs(item, note)
-            if self.head.generator.needs_memory:
+            if self.writer.generator.needs_memory:
                 outputs = self.pipeline.raw_outputs([inputs])
                 memory = torch.from_numpy(np.ascontiguousarray(outputs[f"{self.head_name}.memory"][:1]))
                 mask = torch.from_numpy(np.ascontiguousarray(outputs[f"{self.head_name}.memory_mask"][:1])).bool()
@@ -132,7 +133,7 @@ class ReportRunner:
                 prediction = self.pipeline.predict(inputs)
                 outputs = {h: r for h, r in prediction.outputs.items() if h != self.head_name}
                 size = (item.image.shape[1], item.image.shape[0]) if item.image is not None else None
-                params = self.head.params
+                params = self.writer.params
                 found: list[Finding] = findings_from_outputs(
                     outputs, params.sources, 0, size, params.ok_labels, params.severity_cuts
                 )
@@ -150,7 +151,7 @@ class ReportRunner:
             if name in values:
                 values[name] = compress(values[name], budget)
         started = time.perf_counter()
-        report = self.head.generator.generate(
+        report = self.writer.generator.generate(
             variant.template, ReportInput(context.findings, values, context.memory, context.memory_mask), lambda _: None
         )
         return report, pipeline_ms + (time.perf_counter() - started) * 1000

@@ -10,8 +10,8 @@ from typing import Any
 
 import jsonschema
 
-from mmfusion.prompts.findings import SEVERITIES, Finding
-from mmfusion.prompts.template import PromptTemplate
+from mmfusion.reports.findings import SEVERITIES, Finding
+from mmfusion.templates.schema import PromptTemplate
 
 EMPTY_ITEM = {"type": "", "location": "", "severity": "", "suggested_change": ""}
 

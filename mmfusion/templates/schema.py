@@ -1,4 +1,4 @@
-"""The versioned prompt template library: `templates/<name>.v<version>.yaml`, validated on load."""
+"""The versioned prompt template library: `library/<name>.v<version>.yaml`, validated on load."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmfusion.config import ConfigError, format_validation_error
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "library"
 FILE_PATTERN = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<version>\d+)\.yaml$")
 ITEM_SLOTS = frozenset({"type", "location", "severity", "score", "suggested_change"})
 TEXT_SLOTS = frozenset({"items", "verdict", "summary", "impression", "recommendation"})

@@ -9,10 +9,10 @@ from typing import ClassVar
 
 import torch
 
-from mmfusion.prompts.findings import Finding
-from mmfusion.prompts.report import Report
-from mmfusion.prompts.template import PromptTemplate
 from mmfusion.registry import Registry
+from mmfusion.reports.findings import Finding
+from mmfusion.reports.report import Report
+from mmfusion.templates.schema import PromptTemplate
 
 GENERATORS = Registry("report generator")
 Emit = Callable[[str], None]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mmfusion.prompts.findings import findings_text
-from mmfusion.prompts.generators.base import GENERATORS, Emit, ReportGenerator, ReportInput, count_tokens, stream_words
-from mmfusion.prompts.render import check_inputs
-from mmfusion.prompts.report import Report, compose
-from mmfusion.prompts.template import PromptTemplate
+from mmfusion.reports.findings import findings_text
+from mmfusion.reports.generators.base import GENERATORS, Emit, ReportGenerator, ReportInput, count_tokens, stream_words
+from mmfusion.reports.render import check_inputs
+from mmfusion.reports.report import Report, compose
+from mmfusion.templates.schema import PromptTemplate
 
 
 @GENERATORS.register("template")

@@ -201,7 +201,7 @@ def save_decoder(folder: Path, decoder: ReportDecoder, vocabulary: Vocabulary, t
 
 def load_decoder(folder: Path) -> tuple[ReportDecoder, Vocabulary, str]:
     """Read a decoder written by save_decoder (weights only: no code runs at load)."""
-    from mmfusion.repository.manifests import safe_torch_load
+    from mmfusion.security.integrity import safe_torch_load
 
     path = folder / CHECKPOINT
     checkpoint = safe_torch_load(path)

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from mmfusion.prompts.dataset import FIELD_COLUMNS, NONE_TYPE
-from mmfusion.prompts.report import Report
+from mmfusion.reports.dataset import FIELD_COLUMNS, NONE_TYPE
+from mmfusion.reports.report import Report
 
 WORD = re.compile(r"\w+(?:-\w+)*", re.UNICODE)
 

@@ -6,10 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from mmfusion.config import ConfigError
-from mmfusion.prompts.decoder import ReportDecoder, Vocabulary, load_decoder
-from mmfusion.prompts.generators.base import GENERATORS, Emit, ReportGenerator, ReportInput
-from mmfusion.prompts.report import Report, parse_report
-from mmfusion.prompts.template import PromptTemplate
+from mmfusion.reports.decoder import ReportDecoder, Vocabulary, load_decoder
+from mmfusion.reports.generators.base import GENERATORS, Emit, ReportGenerator, ReportInput
+from mmfusion.reports.report import Report, parse_report
+from mmfusion.templates.schema import PromptTemplate
 
 
 @GENERATORS.register("cross_modal")

@@ -12,9 +12,10 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from mmfusion.config import ConfigError
-from mmfusion.pipeline import FITTED_DIR, Pipeline
-from mmfusion.prompts.dataset import ReportRow, load_report_manifest
-from mmfusion.prompts.decoder import PAD, DecoderDims, ReportDecoder, Vocabulary, save_decoder, single_thread
+from mmfusion.pipeline import Pipeline
+from mmfusion.reports.dataset import ReportRow, load_report_manifest
+from mmfusion.reports.decoder import PAD, DecoderDims, ReportDecoder, Vocabulary, save_decoder, single_thread
+from mmfusion.repository.folder import FITTED_DIR
 from mmfusion.types import Inputs
 
 

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 
 from mmfusion.data.manifest import read_rgb
-from mmfusion.prompts.findings import Finding, box_location
-from mmfusion.prompts.report import compose
-from mmfusion.prompts.template import PromptTemplate
+from mmfusion.reports.findings import Finding, box_location
+from mmfusion.reports.report import compose
+from mmfusion.templates.schema import PromptTemplate
 from mmfusion.types import InputError
 
 FIELD_COLUMNS = ("type", "location", "severity")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmfusion.data.csv_rows import collect_rows, read_rows
 from mmfusion.types import InputError
 
 Embedder = Callable[[list[str]], np.ndarray]
@@ -26,25 +26,15 @@ class Example:
 
 
 def load_pool(path: str | Path) -> list[Example]:
-    """Read a pool manifest; every bad row is reported with its line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"example pool {str(path)!r}: no such file")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in ("input", "report") if column not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}: missing columns {missing}; a pool needs input,report")
-        examples, problems = [], []
-        for row in reader:
-            line = reader.line_num
-            if not (row["input"] or "").strip() or not (row["report"] or "").strip():
-                problems.append(f"{path}:{line}: empty input or report")
-                continue
-            examples.append(Example(row["input"].strip(), row["report"].strip()))
-    if problems:
-        raise InputError("; ".join(problems))
-    return examples
+    """Read a pool manifest (columns input,report); every bad row is reported with its line number."""
+
+    def check(line: int, row: dict[str, str], problems: list[str]) -> Example | None:
+        if not row["input"] or not row["report"]:
+            problems.append(f"line {line}: empty input or report")
+            return None
+        return Example(row["input"], row["report"])
+
+    return collect_rows(path, read_rows(path, "example pool", ("input", "report")), check, expected="examples")
 
 
 _MINILM_LOCK = threading.Lock()

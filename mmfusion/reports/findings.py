@@ -6,12 +6,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mmfusion.heads.report import DEFAULT_SEVERITY_CUTS, OK_LABELS
+
 LOCATIONS = ("top-left", "top", "top-right", "left", "centre", "right", "bottom-left", "bottom", "bottom-right")
 WHOLE_PART = "whole part"
 SEVERITIES = ("minor", "major", "critical")
-DEFAULT_SEVERITY_CUTS = (0.6, 0.85)
-"""Scores below the first cut are minor, below the second major, otherwise critical."""
-OK_LABELS = frozenset({"", "pass", "ok", "good", "normal", "clean", "none", "no_defect"})
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from mmfusion.config import ConfigError
-from mmfusion.prompts.findings import findings_text
-from mmfusion.prompts.generators.base import GENERATORS, Emit, ReportGenerator, ReportInput
-from mmfusion.prompts.render import render
-from mmfusion.prompts.report import Report, schema_problems, slots_of, text_of
-from mmfusion.prompts.template import PromptTemplate
+from mmfusion.reports.findings import findings_text
+from mmfusion.reports.generators.base import GENERATORS, Emit, ReportGenerator, ReportInput
+from mmfusion.reports.render import render
+from mmfusion.reports.report import Report, schema_problems, slots_of, text_of
+from mmfusion.templates.schema import PromptTemplate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

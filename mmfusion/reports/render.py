@@ -8,9 +8,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mmfusion.prompts.fewshot import Example, selector_for
-from mmfusion.prompts.report import parse_report
-from mmfusion.prompts.template import PromptTemplate
+from mmfusion.reports.fewshot import Example, selector_for
+from mmfusion.reports.report import parse_report
+from mmfusion.templates.schema import PromptTemplate
 from mmfusion.types import InputError
 
 FENCE_RUN = re.compile(r"<{3,}|>{3,}")

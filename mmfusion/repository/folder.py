@@ -1,0 +1,60 @@
+"""Where model folders live and what a folder holds: the repository root, names, config, fitted artifacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mmfusion.config import CONFIG_FILE, ConfigError, PipelineConfig, load_config
+from mmfusion.parts import load_all
+from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, verify_manifest
+
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+FITTED_DIR = "fitted"  # fitted/<head name>/: what a head learned from data (memory bank, weights, calibration)
+CALL_FILE = "call.yaml"  # a call-analysis model's settings (VAD, ASR, labels, phrase lists)
+
+
+def models_root() -> Path:
+    """The model repository: $MMFUSION_MODELS, else the `models/` folder beside the package."""
+    return Path(os.environ.get("MMFUSION_MODELS", REPO_MODELS))
+
+
+def model_folders(root: Path | None = None) -> dict[str, Path]:
+    """Every model folder of a repository by name (a folder with a config.yaml), in name order."""
+    root = models_root() if root is None else Path(root)
+    return {path.parent.name: path.parent for path in sorted(root.glob(f"*/{CONFIG_FILE}"))}
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A model name in the model repository, or a path to a model folder."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    candidate = models_root() / str(model)
+    if candidate.is_dir():
+        return candidate
+    available = list(model_folders())
+    raise ConfigError(
+        f"model {str(model)!r} is neither a folder nor a model in {models_root()}; "
+        f"available: {', '.join(available) or 'none'}"
+    )
+
+
+def read_config(model_dir: str | Path) -> PipelineConfig:
+    """A folder's validated `config.yaml`, checked against the registered built-in parts."""
+    load_all()
+    return load_config(model_dir)
+
+
+def verify_model_folder(model_dir: Path) -> None:
+    """Check a model folder against its sha256 manifest, when it has one, before anything is loaded."""
+    if (model_dir / MANIFEST_NAME).is_file():
+        try:
+            verify_manifest(model_dir)
+        except IntegrityError as error:
+            raise ConfigError(f"{model_dir}: refused to load: {error}") from None
+
+
+def fitted_dir(model_dir: Path, head_name: str) -> Path:
+    """fitted/<head>/ of a model folder: what that head learned from data."""
+    return Path(model_dir) / FITTED_DIR / head_name

@@ -1,0 +1,1 @@
+"""Core room: the versioned prompt template schema and the shipped template library."""
