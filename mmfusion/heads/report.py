@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mmfusion.config import ConfigError, HeadSpec, LocalPath, PartParams
+from mmfusion.config import ConfigError, HeadSpec, LocalPath
 from mmfusion.heads.base import Head
+from mmfusion.params import AttentionParams
 from mmfusion.registry import HEADS
 from mmfusion.templates.schema import load_template
 from mmfusion.types import Embedding
@@ -21,7 +22,7 @@ OK_LABELS = frozenset({"", "pass", "ok", "good", "normal", "clean", "none", "no_
 """Labels that mean "no defect" (compared lower-case)."""
 
 
-class ReportParams(PartParams):
+class ReportParams(AttentionParams):
     """`params:` of the report head."""
 
     generator: Literal["template", "hf_causal_lm", "cross_modal"] = "template"
@@ -38,7 +39,6 @@ class ReportParams(PartParams):
     width: int = Field(default=64, gt=0)
     """cross_modal: the decoder that `mmfusion prompts train` builds (a trained decoder keeps its own dims)."""
     depth: int = Field(default=1, ge=1, le=12)
-    heads: int = Field(default=4, gt=0)
     max_length: int = Field(default=64, ge=8, le=1024)
     bridge: Literal["cross_attention", "prefix"] = "cross_attention"
 
@@ -56,14 +56,6 @@ class ReportParams(PartParams):
         if not 0.0 <= cuts[0] <= cuts[1] <= 1.0:
             raise ValueError(f"severity_cuts {list(cuts)}: expected 0 <= minor/major cut <= major/critical cut <= 1")
         return cuts
-
-    @field_validator("heads")
-    @classmethod
-    def _heads_divide_width(cls, heads: int, info: ValidationInfo) -> int:
-        width = info.data.get("width")
-        if width is not None and width % heads:
-            raise ValueError(f"heads {heads} does not divide width {width}; expected a divisor of {width}")
-        return heads
 
     @model_validator(mode="after")
     def _generator_needs(self) -> ReportParams:
