@@ -12,7 +12,7 @@ from mmfusion.security.auth import read_yaml_file
 from mmfusion.types import InputError
 
 LOG = logging.getLogger(__name__)
-# Health and reflection are always allowed (health needs no credentials at all, see interceptors.py).
+# Health and reflection are always allowed (health needs no credentials at all, see serving/interceptors/).
 ALWAYS_ALLOWED_SERVICES = (
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",

@@ -18,7 +18,7 @@ from mmfusion.proto import inspection_pb2_grpc as pb_grpc
 from mmfusion.security.auth import AuthConfig
 from mmfusion.security.limits import RateLimit
 from mmfusion.serving.cache import ResultCache
-from mmfusion.serving.interceptors import SecurityInterceptor, ServerSecurity, build_security
+from mmfusion.serving.interceptors import ServerSecurity, build_interceptors, build_security
 from mmfusion.serving.kserve import KSERVE_SERVICE_NAME, add_kserve_to_server
 from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.models import MIN_GRACE_SECONDS, ModelManager
@@ -174,7 +174,7 @@ def build_server(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    interceptors = [SecurityInterceptor(security)] if security is not None else []
+    interceptors = build_interceptors(security)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=interceptors
     )

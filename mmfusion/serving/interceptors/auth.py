@@ -1,0 +1,55 @@
+"""Authentication: who calls (UNAUTHENTICATED with one generic message otherwise), known to model listeners."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from mmfusion.security.auth import GENERIC_MESSAGE, AuthConfig, AuthenticationError, Caller
+from mmfusion.serving.interceptors.call import CallInterceptor, CallRecord
+
+LOG = logging.getLogger(__name__)
+SERVER_CALLER = Caller("server", "")
+_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("mmfusion_caller", default=None)
+
+
+def current_caller() -> Caller:
+    """The caller of the unary call this thread is serving; the server itself outside calls."""
+    return _CALLER.get() or SERVER_CALLER
+
+
+class AuthInterceptor(CallInterceptor):
+    """Authenticates each call (anonymous without auth) and makes its caller current while a unary call runs."""
+
+    def __init__(self, auth: AuthConfig | None) -> None:
+        self.auth = auth
+
+    def begin(self, call: CallRecord, context: grpc.ServicerContext) -> None:
+        """Authenticate the call's metadata; aborts UNAUTHENTICATED."""
+        if self.auth is None:
+            return
+        try:
+            call.caller = self.auth.authenticate(context.invocation_metadata() or ())
+        except AuthenticationError as error:
+            LOG.info(
+                "call %s %s from %s: unauthenticated: %s",
+                call.request_id,
+                call.method,
+                context.peer(),
+                error.reason,
+            )
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, GENERIC_MESSAGE)
+
+    def unary(self, call: CallRecord, context: grpc.ServicerContext, invoke: Callable[[], Any]) -> Any:
+        """Run a unary call with its caller current, so that the models it loads or unloads name it."""
+        if call.streaming:
+            return invoke()
+        token = _CALLER.set(call.caller)
+        try:
+            return invoke()
+        finally:
+            _CALLER.reset(token)
