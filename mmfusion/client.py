@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
+from mmfusion.security.network import is_loopback
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 AUDIO_CHUNK_BYTES = 64 * 1024
@@ -44,6 +45,40 @@ def image_message(source: ImageSource) -> pb.Image:
         return pb.Image(data=np.ascontiguousarray(source).tobytes(), encoding=encoding, width=width, height=height)
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     return pb.Image(data=data)
+
+
+def target_hosts(target: str) -> list[str]:
+    """The hosts a gRPC target dials ('host:port', '[::1]:port', 'dns:///host:port', 'ipv4:a:p,b:p'); none for unix."""
+    if target.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return []
+    scheme, _, rest = target.partition(":")
+    if scheme == "dns":
+        rest = rest[2:].partition("/")[2] if rest.startswith("//") else rest  # dns://[authority]/host:port
+        addresses = [rest]
+    elif scheme in ("ipv4", "ipv6"):
+        addresses = rest.split(",")
+    else:
+        addresses = [target]
+    hosts = []
+    for address in addresses:
+        if address.startswith("["):  # [v6]:port
+            hosts.append(address[1 : address.find("]")])
+        elif address.count(":") == 1:  # host:port
+            hosts.append(address.rpartition(":")[0])
+        else:  # a bare host, or a bare IPv6 address
+            hosts.append(address)
+    return hosts
+
+
+def check_plaintext_credentials(target: str, what: str) -> None:
+    """ValueError unless every host the target dials is this machine: credentials must not cross a network bare."""
+    remote = [host for host in target_hosts(target) if not is_loopback(host)]
+    if remote:
+        raise ValueError(
+            f"server {target}: refusing to send {what} over a plaintext channel to {remote[0]}, not this machine; "
+            "connect with TLS (credentials=channel_credentials(ca); CLI --tls-ca FILE) or opt in with "
+            "insecure_credentials=True (CLI --insecure-credentials)"
+        )
 
 
 def _audio_source(source: bytes | str | Path) -> bytes:
@@ -81,7 +116,8 @@ class InspectionClient:
     """A channel to one server; methods raise ServerError with the server's status and message.
 
     `api_key` or `token` (a JWT) go in the `authorization` metadata of every call; `credentials`
-    (see mmfusion.security.tls.channel_credentials) make the channel TLS.
+    (see mmfusion.security.tls.channel_credentials) make the channel TLS. Without TLS, an API key or token
+    is sent only to a server on this machine unless `insecure_credentials` says otherwise.
     """
 
     def __init__(
@@ -92,9 +128,12 @@ class InspectionClient:
         api_key: str | None = None,
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        insecure_credentials: bool = False,
     ) -> None:
         if api_key is not None and token is not None:
             raise ValueError("api_key and token: give one of them, not both")
+        if credentials is None and not insecure_credentials and (api_key is not None or token is not None):
+            check_plaintext_credentials(target, "an API key" if api_key is not None else "a token")
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

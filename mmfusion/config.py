@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -18,28 +19,57 @@ from pydantic import (
 )
 
 from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS, Registry
+from mmfusion.security.integrity import read_model_file
 from mmfusion.types import Modality
 
 CONFIG_FILE = "config.yaml"
+EXTERNAL_PATHS_ENV = "MMFUSION_EXTERNAL_PATHS"
+"""Folders outside model folders (os.pathsep-separated) that model configs may name files in; unset: none."""
 
 
 class ConfigError(ValueError):
     """A model folder or config file that cannot be used; the message names file, key and value."""
 
 
+def external_roots() -> list[Path]:
+    """The folders in $MMFUSION_EXTERNAL_PATHS, links resolved."""
+    return [
+        Path(entry).expanduser().resolve()
+        for entry in os.environ.get(EXTERNAL_PATHS_ENV, "").split(os.pathsep)
+        if entry
+    ]
+
+
+def model_file(value: str | Path, model_dir: str | Path) -> Path:
+    """A path named in a model folder's config: relative to the folder, and inside it once links are resolved.
+
+    Absolute paths and `..` or link escapes are refused (ValueError) unless they lead into a folder listed in
+    $MMFUSION_EXTERNAL_PATHS: files elsewhere are not covered by the folder's sha256 manifest.
+    """
+    given = Path(value).expanduser()
+    path = given if given.is_absolute() else Path(model_dir) / given
+    resolved = path.resolve()
+    if resolved.is_relative_to(Path(model_dir).resolve()) or any(resolved.is_relative_to(r) for r in external_roots()):
+        return path
+    where = "is an absolute path" if given.is_absolute() else "leads outside the model folder"
+    raise ValueError(
+        f"{str(value)!r} {where}; expected a path inside the model folder {str(model_dir)!r} (an operator may allow "
+        f"folders elsewhere with ${EXTERNAL_PATHS_ENV}; their files are not covered by the folder's manifest)"
+    )
+
+
 def _resolve_local_path(value: str | None, info: ValidationInfo) -> str | None:
-    """Resolve a path relative to the model folder given in the validation context."""
+    """Resolve a path against the model folder of the validation context (and keep it inside); as given without."""
     if value is None:
         return None
-    path = Path(value).expanduser()
     model_dir = (info.context or {}).get("model_dir")
-    if not path.is_absolute() and model_dir is not None:
-        path = Path(model_dir) / path
-    return str(path)
+    if model_dir is None:
+        return str(Path(value).expanduser())
+    return str(model_file(value, model_dir))
 
 
 LocalPath = Annotated[str, AfterValidator(_resolve_local_path)]
-"""A filesystem path; relative paths are taken from the model folder."""
+"""A filesystem path; in a model config relative to the model folder and inside it (see `model_file`)."""
 
 
 class PartParams(BaseModel):
@@ -273,9 +303,23 @@ def load_config(model_dir: str | Path) -> PipelineConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; a model folder needs a {CONFIG_FILE}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_model_file(path).decode("utf-8"))  # checked against the manifest while loading
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-    return parse_config(raw, str(path), model_dir)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    config = parse_config(raw, str(path), model_dir)
+    check_folder_name(config, model_dir, path)
+    return config
+
+
+def check_folder_name(config: PipelineConfig, model_dir: str | Path, source: str | Path) -> None:
+    """A model is served, listed and access-checked by its folder name: its config's `name` must be the same."""
+    folder_name = Path(os.path.abspath(model_dir)).name
+    if config.name != folder_name:
+        raise ConfigError(
+            f"{source}: name: {config.name!r} differs from its folder name {folder_name!r}; expected name: "
+            f"{folder_name} (or rename the folder)"
+        )

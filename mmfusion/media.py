@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from mmfusion.image_header import read_image_header
 from mmfusion.types import InputError
 
 SAMPLE_RATE = 16_000
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
-MAX_AUDIO_SECONDS = 4 * 3600  # one clip or call; longer recordings are split before analysis
+MAX_AUDIO_SECONDS = 4 * 3600  # one call; longer recordings are split before analysis
+MAX_CLIP_SECONDS = 5 * 60  # one clip for a non-call model (embedding, transcript); longer audio: a call model
+# One decoded image (192 MB as RGB), checked from the header before any pixel is allocated; mmfusion/__init__.py
+# hands the same limit to OpenCV (OPENCV_IO_MAX_IMAGE_PIXELS) as a second check inside its decoders.
+MAX_IMAGE_PIXELS = 64_000_000
 UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)  # streamed WAVs write these when the length was not known
 
 
@@ -47,12 +55,30 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
+def check_image_header(data: bytes, name: str = "image") -> tuple[int, int]:
+    """(width, height) of an encoded image read from its header; refuses unknown formats and more than 64 MP."""
+    header = read_image_header(data, name)
+    if header.pixels > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{name}: {header.width}x{header.height} pixels; expected at most {MAX_IMAGE_PIXELS} pixels "
+            f"(from the {header.format} header)"
+        )
+    return header.width, header.height
+
+
 def decode_image(source: str | Path | bytes, name: str = "image") -> np.ndarray:
-    """Decode an encoded image (PNG, JPEG, ...) from bytes or a file into (H, W, 3) uint8 RGB."""
+    """Decode an encoded image (PNG, JPEG, GIF, BMP, TIFF, WebP) from bytes or a file into (H, W, 3) uint8 RGB.
+
+    The size is read from the header and checked before OpenCV allocates any pixel (decompression bombs).
+    """
     data = _read_bytes(source, name)
     if not data:
         raise InputError(f"{name}: empty bytes; expected an encoded image (PNG, JPEG, BMP, ...)")
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    check_image_header(data, name)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's own size limit, or a decoder that gave up
+        decoded = None
     if decoded is None:
         raise InputError(f"{name}: {len(data)} bytes are not a decodable image (PNG, JPEG, BMP, ...)")
     if decoded.dtype == np.uint16:
@@ -121,22 +147,91 @@ def check_pcm16(data: bytes, sample_rate: int, channels: int, name: str = "audio
     return channels
 
 
-def decode_audio(source: str | Path | bytes, name: str = "audio") -> np.ndarray:
-    """Decode an audio file or bytes (WAV, FLAC, MP3, OGG, ...) to 16 kHz mono float32."""
+def _declared_seconds(container, stream) -> float | None:
+    """The duration a container's header declares for the stream (or the whole file); None if it declares none."""
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+@contextmanager
+def open_audio(data: bytes, name: str, max_seconds: float) -> Iterator[tuple[object, object]]:
+    """A PyAV container and its first audio stream, refused before decoding if the header declares > max_seconds."""
+    import av
+
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        if not container.streams.audio:
+            raise InputError(
+                f"{name}: {len(data)} bytes are not decodable audio (WAV, FLAC, MP3, OGG, ...): no audio stream"
+            )
+        stream = container.streams.audio[0]
+        declared = _declared_seconds(container, stream)
+        if declared is not None and declared > max_seconds:
+            raise InputError(
+                f"{name}: the header declares {declared:.1f} s of audio; expected at most {max_seconds:.0f} s"
+            )
+        yield container, stream
+
+
+def _frames_then_flush(container, stream) -> Iterator:
+    """The stream's decoded frames, damaged ones skipped, then None (which flushes a resampler)."""
+    import av
+
+    frames = iter(container.decode(stream))
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            break
+        except av.error.InvalidDataError:
+            continue
+    yield None
+
+
+def decoded_frames(container, stream, resampler, name: str, max_seconds: float) -> Iterator[np.ndarray]:
+    """The stream's frames through `resampler` as (C, n) arrays at 16 kHz; an InputError once past max_seconds.
+
+    Counting while decoding catches headers that lie about (or omit) the duration: no more than
+    max_seconds of samples is ever held.
+    """
+    limit, total = max_seconds * SAMPLE_RATE, 0
+    for frame in _frames_then_flush(container, stream):
+        if frame is not None:
+            frame.pts = None  # decoders of damaged files emit timestamps the resampler would refuse
+        for out in resampler.resample(frame):
+            total += out.samples
+            if total > limit:
+                raise InputError(
+                    f"{name}: more than {max_seconds:.0f} s of audio decoded; expected at most {max_seconds:.0f} s"
+                )
+            yield out.to_ndarray()
+
+
+def decode_audio(source: str | Path | bytes, name: str = "audio", max_seconds: float = MAX_CLIP_SECONDS) -> np.ndarray:
+    """Decode an audio file or bytes (WAV, FLAC, MP3, OGG, ...) of at most max_seconds to 16 kHz mono float32."""
     data = _read_bytes(source, name)
     if not data:
         raise InputError(f"{name}: empty bytes; expected an audio file (WAV, FLAC, MP3, OGG, ...)")
-    check_wav_header(data, name)
+    check_wav_header(data, name, max_seconds)
     try:
-        from faster_whisper.audio import decode_audio as av_decode
+        import av
 
-        waveform = av_decode(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+        with open_audio(data, name, max_seconds) as (container, stream):
+            resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            pieces = list(decoded_frames(container, stream, resampler, name, max_seconds))
+        del resampler
+        gc.collect()  # PyAV's resampler graph is freed only by the collector (faster-whisper issue 390)
+    except InputError:
+        raise
     except Exception as error:  # PyAV raises many types for undecodable data
         raise InputError(
             f"{name}: {len(data)} bytes are not decodable audio (WAV, FLAC, MP3, OGG, ...): {type(error).__name__}"
         ) from None
-    if waveform.size == 0:
+    if not pieces:
         raise InputError(f"{name}: {len(data)} bytes decoded to no audio samples")
+    waveform = np.concatenate(pieces, axis=1)[0].astype(np.float32) / 32768.0  # s16 -> [-1, 1)
     return check_audio(waveform, name)
 
 

@@ -17,9 +17,10 @@ from mmfusion.media import check_audio, check_image, decode_audio, decode_image
 from mmfusion.parts import load_all
 from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS
 from mmfusion.repository.exports import load_backend
-from mmfusion.repository.folder import fitted_dir, resolve_model_dir, verify_model_folder
+from mmfusion.repository.folder import fitted_dir, resolve_model_dir, verified_model_folder
 from mmfusion.repository.versions import load_version_config, load_version_weights, version_folder
 from mmfusion.runtime.recheck import Fp32Recheck
+from mmfusion.security.integrity import read_model_file
 from mmfusion.types import InputError, Inputs, Modality, Prediction
 
 
@@ -72,30 +73,52 @@ def _coerce(modality: Modality, value: Any) -> Any:
     return value
 
 
+def _example_bytes(fields: dict[str, Any]) -> dict[str, Any]:
+    """An example's image and audio files as bytes read with `read_model_file` (checked against the manifest)."""
+    read = dict(fields)
+    for modality in (Modality.IMAGE, Modality.AUDIO):
+        path = fields.get(modality.value)
+        if isinstance(path, str | Path):
+            try:
+                read[modality.value] = read_model_file(path)
+            except (FileNotFoundError, IsADirectoryError):
+                raise InputError(f"{modality.value} file {str(path)!r} does not exist") from None
+    return read
+
+
 class Pipeline:
-    """A model folder made runnable: preprocess (numpy) -> backend.run -> postprocess."""
+    """A model folder made runnable: preprocess (numpy) -> backend.run -> postprocess.
+
+    A folder with a sha256 manifest is verified, and what is loaded from it is checked as it is read
+    (`repository.folder.verified_model_folder`); `require_manifest` refuses a folder without one.
+    """
 
     def __init__(
-        self, model_dir: str | Path, backend: str | RuntimeSpec | None = None, version: int | None = None
+        self,
+        model_dir: str | Path,
+        backend: str | RuntimeSpec | None = None,
+        version: int | None = None,
+        require_manifest: bool = False,
     ) -> None:
         load_all()
         if isinstance(backend, str) and backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r} is not known; allowed: {', '.join(BACKENDS.names())}")
         self.model_dir = resolve_model_dir(model_dir)
-        verify_model_folder(self.model_dir)
-        # A trained version (versions/<n>/: config.yaml + weights) when asked for or promoted to `current`.
-        self.version_dir = version_folder(self.model_dir, version)
-        if self.version_dir is None:
-            self.config = load_config(self.model_dir)
-        else:
-            self.config = load_version_config(self.model_dir, self.version_dir)
-        self.graph = build_graph(self.model_dir, self.config)
-        self._imprint_examples()
-        self._load_fitted()
-        if self.version_dir is not None:
-            load_version_weights(self.graph, self.version_dir)
-        runtime = runtime_for(self.config, backend)
-        self.backend = load_backend(self.model_dir, runtime, self.version, self.graph)
+        with verified_model_folder(self.model_dir, require_manifest) as verified:
+            self.verified = verified  # the manifest it was loaded under: files read later are checked against it
+            # A trained version (versions/<n>/: config.yaml + weights) when asked for or promoted to `current`.
+            self.version_dir = version_folder(self.model_dir, version)
+            if self.version_dir is None:
+                self.config = load_config(self.model_dir)
+            else:
+                self.config = load_version_config(self.model_dir, self.version_dir)
+            self.graph = build_graph(self.model_dir, self.config)
+            self._imprint_examples()
+            self._load_fitted()
+            if self.version_dir is not None:
+                load_version_weights(self.graph, self.version_dir)
+            runtime = runtime_for(self.config, backend)
+            self.backend = load_backend(self.model_dir, runtime, self.version, self.graph)
         self.recheck = Fp32Recheck(self.graph, runtime, self.backend.precision)
 
     @property
@@ -226,7 +249,7 @@ class Pipeline:
             for example in examples:
                 fields = {m.value: getattr(example, m.value) for m in Modality if getattr(example, m.value) is not None}
                 try:
-                    item = self.prepare(Inputs(**fields))
+                    item = self.prepare(Inputs(**_example_bytes(fields)))
                 except InputError as error:
                     raise ConfigError(
                         f"{self.model_dir / 'config.yaml'}: example for '{example.label}': {error}"

@@ -16,7 +16,9 @@ GOOD = {
 
 
 def write(tmp_path: Path, config: dict) -> Path:
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    """config.yaml in tmp_path, named after the folder (a model's name must match its folder)."""
+    named = {**config, "name": tmp_path.name} if "name" in config else config
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(named))
     return tmp_path
 
 
@@ -31,7 +33,7 @@ def with_change(path: list, value) -> dict:
 
 def test_good_config_loads(tmp_path):
     config = load_config(write(tmp_path, GOOD))
-    assert config.name == "tiny" and config.heads["verdict"].labels == ["ok", "bad"]
+    assert config.name == tmp_path.name and config.heads["verdict"].labels == ["ok", "bad"]
 
 
 @pytest.mark.parametrize(

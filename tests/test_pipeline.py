@@ -27,7 +27,7 @@ def tiny_model(folder: Path, heads: dict | None = None) -> Path:
     cv2.imwrite(str(folder / "red.png"), cv2.cvtColor(RED, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(folder / "blue.png"), cv2.cvtColor(BLUE, cv2.COLOR_RGB2BGR))
     config = {
-        "name": "tiny",
+        "name": folder.name,  # a model's name must match its folder
         "seed": 3,
         "encoders": {
             "image": {"name": "image.efficientnet_lite0", "params": {"weights": "random", "image_size": 64}},
@@ -54,7 +54,7 @@ def tiny_model(folder: Path, heads: dict | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Pipeline:
-    return Pipeline(tiny_model(tmp_path_factory.mktemp("tiny")))
+    return Pipeline(tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
 
 
 def test_imprinted_head_recognises_its_examples(pipeline):

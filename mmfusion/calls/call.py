@@ -18,6 +18,7 @@ from mmfusion.calls.metrics import call_metrics
 from mmfusion.calls.streaming import ChannelTracker, ClosedRegion
 from mmfusion.calls.transcribe import SegmentTranscriber
 from mmfusion.config import ConfigError
+from mmfusion.security.integrity import verified_reads
 from mmfusion.types import InputError, Inputs, Modality, Transcript, Word
 
 
@@ -264,8 +265,9 @@ _ANALYZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def call_analyzer(pipeline) -> CallAnalyzer | None:
     """The pipeline's CallAnalyzer (built once per pipeline), or None when its folder has no call.yaml."""
     if pipeline not in _ANALYZERS:
-        config = load_call_config(pipeline.model_dir)
-        _ANALYZERS[pipeline] = None if config is None else CallAnalyzer(pipeline, config)
+        with verified_reads(getattr(pipeline, "verified", None)):  # call.yaml, label sets, phrase lists
+            config = load_call_config(pipeline.model_dir)
+            _ANALYZERS[pipeline] = None if config is None else CallAnalyzer(pipeline, config)
     return _ANALYZERS[pipeline]
 
 

@@ -12,6 +12,7 @@ from whisper.tokenizer import LANGUAGES
 from mmfusion.config import ConfigError, LocalPath, validate_params
 from mmfusion.media import MAX_AUDIO_SECONDS
 from mmfusion.repository.folder import CALL_FILE
+from mmfusion.security.integrity import IntegrityError, read_model_file
 
 
 class _Strict(BaseModel):
@@ -146,7 +147,9 @@ def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(read_model_file(path).decode("utf-8"))  # checked against the manifest when loading
+    except IntegrityError as error:
+        raise ConfigError(f"{path}: refused: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {getattr(error, 'problem', error)}") from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -16,6 +15,8 @@ from mmfusion.media import (
     SAMPLE_RATE,
     check_pcm16,
     check_wav_header,
+    decoded_frames,
+    open_audio,
 )
 from mmfusion.types import InputError
 
@@ -70,22 +71,19 @@ def decode_pcm16(data: bytes, sample_rate: int, channels: int, name: str = "audi
     return resample(samples, sample_rate)
 
 
-def _decode_container(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """A container (WAV, FLAC, MP3, OGG, ...) -> ((C, N) float32 at 16 kHz, the source sample rate)."""
+def _decode_container(data: bytes, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    """A container (WAV, FLAC, MP3, OGG, ...) -> ((C, N) float32 at 16 kHz, the source sample rate).
+
+    Refused before decoding when its header declares more than max_seconds, and as soon as the decoded
+    samples pass max_seconds (a header that lies or says nothing).
+    """
     import av
 
-    pieces: list[np.ndarray] = []
-    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
-        if not container.streams.audio:
-            raise InputError(f"{name}: {len(data)} bytes hold no audio stream")
-        stream = container.streams.audio[0]
+    with open_audio(data, name, max_seconds) as (container, stream):
         source_rate = stream.codec_context.sample_rate or SAMPLE_RATE
         layout = "stereo" if stream.codec_context.channels == MAX_CHANNELS else "mono"
         resampler = av.audio.resampler.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
-        for frame in container.decode(stream):
-            frame.pts = None  # decoders of damaged files emit timestamps the resampler would refuse
-            pieces.extend(out.to_ndarray() for out in resampler.resample(frame))
-        pieces.extend(out.to_ndarray() for out in resampler.resample(None))
+        pieces = list(decoded_frames(container, stream, resampler, name, max_seconds))
     channels = 2 if layout == "stereo" else 1
     if not pieces:
         return np.zeros((channels, 0), np.float32), source_rate
@@ -115,7 +113,7 @@ def decode_call_audio(
         raise InputError(f"{name}.sample_rate: {sample_rate} Hz; expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     check_wav_header(source, name, max_seconds)
     try:
-        samples, source_rate = _decode_container(source, name)
+        samples, source_rate = _decode_container(source, name, max_seconds)
     except InputError:
         raise
     except Exception as error:  # PyAV raises many types for undecodable data

@@ -15,6 +15,7 @@ from mmfusion.cli.defects import add_commands as add_defect_commands
 from mmfusion.cli.prompts import add_commands as add_prompt_commands
 from mmfusion.cli.runtime import add_commands as add_runtime_commands
 from mmfusion.cli.security import add_commands as add_security_commands
+from mmfusion.cli.serve import add_commands as add_serve_commands
 from mmfusion.cli.serving import add_commands as add_serving_commands
 from mmfusion.config import ConfigError
 from mmfusion.types import InputError
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="folder for the annotated stream frames")
     demo.add_argument("--no-service", action="store_true", help="skip the gRPC server part")
     demo.set_defaults(run=_cmd_demo)
+    add_serve_commands(sub)
     add_serving_commands(sub)
     add_security_commands(sub)
     add_defect_commands(sub)

@@ -4,100 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mmfusion.cli.credentials import add_credential_options, client_credentials
 from mmfusion.types import InputError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_IMAGE_MODEL = "pcb-inspect"
 DEFAULT_AUDIO_MODEL = "speech-transcribe"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def _security_options(args: argparse.Namespace) -> dict:
-    """build_server's security keywords from the serve flags; flags that need each other are checked here."""
-    from mmfusion.security.auth import AuthConfig, JwtConfig
-    from mmfusion.security.limits import DEFAULT_MAX_STREAMS, RateLimit
-
-    jwt_flags = args.jwt_secret_env or args.jwt_public_key
-    if (args.jwt_audience or args.jwt_issuer) and not jwt_flags:
-        raise InputError("--jwt-audience/--jwt-issuer: need --jwt-secret-env or --jwt-public-key")
-    jwt = (
-        JwtConfig.from_options(args.jwt_secret_env, args.jwt_public_key, args.jwt_audience, args.jwt_issuer)
-        if jwt_flags
-        else None
-    )
-    auth = AuthConfig(args.api_keys, jwt) if args.api_keys or jwt is not None else None
-    if args.policy and auth is None:
-        raise InputError(f"--policy {args.policy}: needs --api-keys or a JWT flag, so that callers have roles")
-    if (args.burst is not None or args.max_streams is not None) and args.rate_limit is None:
-        raise InputError("--burst/--max-streams: need --rate-limit")
-    rate_limit = None
-    if args.rate_limit is not None:
-        max_streams = args.max_streams if args.max_streams is not None else DEFAULT_MAX_STREAMS
-        rate_limit = RateLimit(args.rate_limit, args.burst, max_streams)
-    if (args.tls_cert is None) != (args.tls_key is None) or (args.client_ca and args.tls_cert is None):
-        raise InputError("--tls-cert and --tls-key: give both (and --client-ca only with them)")
-    if (args.audit_key_file or args.audit_key_env) and not args.audit_log:
-        raise InputError("--audit-key-file/--audit-key-env: need --audit-log")
-    cipher = None
-    if args.audit_key_file or args.audit_key_env:
-        from mmfusion.security.crypto import FieldCipher, KeyStore
-
-        keystore = (
-            KeyStore.from_file(args.audit_key_file) if args.audit_key_file else KeyStore.from_env(args.audit_key_env)
-        )
-        cipher = FieldCipher(keystore)
-    credentials = None
-    if args.tls_cert is not None:
-        from mmfusion.security.tls import server_credentials
-
-        credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
-    return {
-        "auth": auth,
-        "policy_path": args.policy,
-        "audit_path": args.audit_log,
-        "audit_fsync": args.audit_fsync,
-        "audit_cipher": cipher,
-        "rate_limit": rate_limit,
-        "server_credentials": credentials,
-    }
-
-
-def _rate(text: str) -> float:
-    """`--rate-limit 20` or `20/s`: calls per second."""
-    value = text[:-2] if text.endswith("/s") else text
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected calls per second, e.g. 20 or 20/s") from None
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from mmfusion.serving import serve
-
-    if args.cache_mb < 0:
-        raise InputError(f"--cache-mb {args.cache_mb}: expected megabytes >= 0 (0 disables the cache)")
-    security = _security_options(args)
-    return serve(
-        args.models,
-        args.port,
-        host=args.host,
-        grace=args.grace,
-        max_message_bytes=args.max_message_mb * 1024 * 1024,
-        backend=args.backend,
-        max_batch_size=args.max_batch_size,
-        max_queue_delay_us=args.max_queue_delay_us,
-        preferred_batch_sizes=tuple(args.preferred_batch_size),
-        max_queue_size=args.max_queue_size,
-        cache_bytes=int(args.cache_mb * 1024 * 1024),
-        no_cache_models=args.no_cache_model,
-        metrics_port=args.metrics_port,
-        **security,
-    )
 
 
 def _print_result(result, as_json: bool) -> None:
@@ -221,17 +138,17 @@ def _connect(args: argparse.Namespace):
         credentials = channel_credentials(args.tls_ca, args.tls_client_cert, args.tls_client_key)
     elif args.tls_client_cert or args.tls_client_key:
         raise InputError("--tls-client-cert/--tls-client-key need --tls-ca (the CA that signed the server)")
-    api_key = args.api_key or os.environ.get("MMFUSION_API_KEY") or None
-    token = args.token or os.environ.get("MMFUSION_TOKEN") or None
-    return InspectionClient(args.server, api_key=api_key, token=None if api_key else token, credentials=credentials)
+    secrets = client_credentials(args)
+    return InspectionClient(
+        args.server, credentials=credentials, insecure_credentials=args.insecure_credentials, **secrets
+    )
 
 
 def _client_options() -> argparse.ArgumentParser:
     """Flags every client subcommand shares: where the server is, how to authenticate, output format."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--server", default=DEFAULT_SERVER, help=f"HOST:PORT (default {DEFAULT_SERVER})")
-    options.add_argument("--api-key", default=None, help="API key (or env MMFUSION_API_KEY)")
-    options.add_argument("--token", default=None, help="JWT bearer token (or env MMFUSION_TOKEN)")
+    add_credential_options(options)
     options.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA (PEM)")
     options.add_argument("--tls-client-cert", metavar="FILE", help="client certificate for mutual TLS")
     options.add_argument("--tls-client-key", metavar="FILE", help="client key for mutual TLS")
@@ -240,64 +157,7 @@ def _client_options() -> argparse.ArgumentParser:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register serve, inspect, stream and audio on the `mmfusion` parser."""
-    serve = sub.add_parser("serve", help="serve models over gRPC until SIGTERM/SIGINT")
-    serve.add_argument("models", nargs="*", help="model names in models/ or model folders")
-    serve.add_argument("--port", type=int, default=50051)
-    serve.add_argument("--host", default="127.0.0.1", help="use [::] to listen on every interface")
-    serve.add_argument("--max-message-mb", type=int, default=64)
-    serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight work on shutdown")
-    serve.add_argument(
-        "--backend", default=None, help="torch | onnxruntime | tensorrt for every model (default: their runtime:)"
-    )
-    serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
-    batching = serve.add_argument_group("batching (every model; a per-model config block should follow)")
-    batching.add_argument("--max-batch-size", type=int, default=8, help="requests per backend call")
-    batching.add_argument(
-        "--max-queue-delay-us", type=int, default=2000, help="longest wait for a batch to fill, in microseconds"
-    )
-    batching.add_argument(
-        "--preferred-batch-size",
-        type=int,
-        action="append",
-        default=[],
-        metavar="N",
-        help="dispatch as soon as N requests wait (repeatable)",
-    )
-    batching.add_argument(
-        "--max-queue-size", type=int, default=256, help="requests waiting per model before RESOURCE_EXHAUSTED"
-    )
-    caching = serve.add_argument_group("result cache (Inspect)")
-    caching.add_argument("--cache-mb", type=float, default=64, help="result cache size in MiB; 0 disables it")
-    caching.add_argument(
-        "--no-cache-model", action="append", default=[], metavar="NAME", help="never cache this model (repeatable)"
-    )
-    auth = serve.add_argument_group("authentication and authorisation (off unless a flag is given)")
-    auth.add_argument("--api-keys", metavar="FILE", help="YAML file of API keys: keys: [{id, role, hash}]")
-    auth.add_argument("--jwt-secret-env", metavar="VAR", help="accept HS256 JWTs signed with the secret in $VAR")
-    auth.add_argument("--jwt-public-key", metavar="FILE", help="accept RS256 JWTs verified with this PEM public key")
-    auth.add_argument("--jwt-audience", help="required 'aud' claim")
-    auth.add_argument("--jwt-issuer", help="required 'iss' claim")
-    auth.add_argument("--policy", metavar="FILE", help="RBAC policy YAML (roles -> rpcs, models); SIGHUP reloads")
-    auth.add_argument("--audit-log", metavar="FILE", help="append a hash-chained audit event per call here")
-    auth.add_argument(
-        "--audit-fsync",
-        choices=("always", "never"),
-        default="always",
-        help="fsync the audit log after every event (default) or leave flushing to the OS (faster)",
-    )
-    auth.add_argument("--audit-key-file", metavar="FILE", help="encrypt sensitive audit fields with this key file")
-    auth.add_argument("--audit-key-env", metavar="VAR", help="... or with the base64 master key in $VAR")
-    limits = serve.add_argument_group("per-caller limits")
-    limits.add_argument("--rate-limit", type=_rate, metavar="R/s", help="calls per second per caller")
-    limits.add_argument("--burst", type=int, metavar="N", help="calls a caller may make at once (default: R)")
-    limits.add_argument("--max-streams", type=int, metavar="N", help="open streaming calls per caller (default 8)")
-    tls = serve.add_argument_group("TLS (plaintext unless given)")
-    tls.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM)")
-    tls.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
-    tls.add_argument("--client-ca", metavar="FILE", help="require client certificates signed by this CA (mutual TLS)")
-    serve.set_defaults(run=_cmd_serve)
-
+    """Register the client commands inspect, stream and audio on the `mmfusion` parser."""
     client_options = _client_options()
     inspect = sub.add_parser("inspect", parents=[client_options], help="send images to a server (Inspect)")
     inspect.add_argument("files", nargs="+", help="image files")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from mmfusion.config import LocalPath, PartParams
 from mmfusion.encoders.base import Encoder
 from mmfusion.media import check_image, resize_normalize
 from mmfusion.registry import ENCODERS
+from mmfusion.security.integrity import read_model_file
 from mmfusion.types import Embedding, Modality
 
 # EfficientNet-Lite was trained on (pixel - 127) / 128, i.e. mean = std = 0.5 on [0, 1] pixels.
@@ -32,9 +34,13 @@ class EfficientNetParams(PartParams):
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a state_dict file, with a clear error for a missing or unreadable file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = read_model_file(path)  # checked against the manifest of a model folder being loaded
     except FileNotFoundError:
         raise ValueError(f"checkpoint {path!r} does not exist") from None
+    except OSError as error:
+        raise ValueError(f"checkpoint {path!r} is not a readable torch file: {error}") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"checkpoint {path!r} is not a readable torch file: {error}") from None
     if isinstance(state, dict) and "state_dict" in state:

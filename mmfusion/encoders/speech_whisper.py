@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import fields
 from typing import Any
 
@@ -17,6 +18,7 @@ from mmfusion.encoders.base import Encoder
 from mmfusion.media import SAMPLE_RATE, check_audio
 from mmfusion.params import check_heads_divide_width
 from mmfusion.registry import ENCODERS
+from mmfusion.security.integrity import read_model_file
 from mmfusion.types import Embedding, Modality
 
 # conv2 has stride 2, so one encoder frame covers two mel frames: 2 * 160 samples = 20 ms.
@@ -54,9 +56,13 @@ class WhisperParams(PartParams):
 def load_whisper_checkpoint(path: str) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
     """Read a whisper `.pt` file: its dims and the `encoder.*` weights (prefix removed)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        data = read_model_file(path)  # checked against the manifest of a model folder being loaded
     except FileNotFoundError:
         raise ValueError(f"checkpoint {path!r} does not exist; expected a whisper .pt file") from None
+    except OSError as error:
+        raise ValueError(f"checkpoint {path!r} is not a readable torch file: {error}") from None
+    try:
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"checkpoint {path!r} is not a readable torch file: {reason}") from None

@@ -8,10 +8,15 @@ when the folder is loaded.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 from pathlib import Path
 
-from mmfusion.config import ConfigError
+import yaml
+
+from mmfusion.config import CONFIG_FILE, ConfigError
 from mmfusion.data.manifest import ManifestRow, load_manifest
 from mmfusion.fitting import detection, patchcore  # noqa: F401  (their fitters register on import)
 from mmfusion.fitting.registry import FIT_DATA, FITTERS, Fitter
@@ -52,6 +57,28 @@ def copy_model_folder(source: Path, out: Path) -> None:
     if out.resolve().is_relative_to(source.resolve()):
         raise InputError(f"--out: {str(out)!r} is inside the model folder {str(source)!r}; choose a folder outside it")
     shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(FITTED_DIR, MANIFEST_NAME))
+    name_after_folder(out)
+
+
+def _yaml_string(text: str) -> str:
+    """`text` as a YAML scalar that reads back as that string: plain when it can be, else double-quoted."""
+    try:
+        plain = yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text)
+
+
+def name_after_folder(folder: Path) -> None:
+    """Set the `name:` of a copied model's config.yaml to the copy's folder name (a model is served by it)."""
+    path = folder / CONFIG_FILE
+    name = Path(os.path.abspath(folder)).name  # as `config.check_folder_name` sees it
+    text = path.read_text()
+    renamed, count = re.subn(r"^name:.*$", f"name: {_yaml_string(name)}", text, count=1, flags=re.MULTILINE)
+    if count == 0:  # no top-level `name:` line to edit in place: rewrite the YAML (comments are lost)
+        raw = yaml.safe_load(text)
+        renamed = yaml.safe_dump({**raw, "name": name}, sort_keys=False) if isinstance(raw, dict) else text
+    path.write_text(renamed)
 
 
 def _calibrate_heads(

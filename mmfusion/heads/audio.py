@@ -71,10 +71,10 @@ class CallLabelsHead(Head):
 
     def load_fitted(self, folder: str | Path) -> None:
         """Load weights written by `save_fitted`; the label order must match the config's."""
-        from mmfusion.security.integrity import safe_torch_load
+        from mmfusion.security.integrity import read_model_file, safe_torch_load
 
         folder = Path(folder)
-        labels = json.loads((folder / LABELS_FILE).read_text()) if (folder / LABELS_FILE).is_file() else None
+        labels = json.loads(read_model_file(folder / LABELS_FILE)) if (folder / LABELS_FILE).is_file() else None
         if labels != list(self.spec.labels):
             raise ConfigError(
                 f"{folder}: fitted for labels {labels}, but the head's labels are {self.spec.labels}; refit it"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mmfusion.config import ConfigError, HeadSpec, LocalPath
+from mmfusion.config import ConfigError, HeadSpec, LocalPath, model_file
 from mmfusion.heads.base import Head
 from mmfusion.params import AttentionParams
 from mmfusion.registry import HEADS
@@ -46,8 +46,8 @@ class ReportParams(AttentionParams):
     @classmethod
     def _template_file(cls, template: str, info: ValidationInfo) -> str:
         model_dir = (info.context or {}).get("model_dir")
-        if template.endswith((".yaml", ".yml")) and not Path(template).is_absolute() and model_dir is not None:
-            return str(Path(model_dir) / template)
+        if template.endswith((".yaml", ".yml")) and model_dir is not None:
+            return str(model_file(template, model_dir))  # inside the model folder, like every LocalPath
         return template
 
     @field_validator("severity_cuts")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mmfusion.config import CONFIG_FILE, ConfigError, PipelineConfig, load_config
 from mmfusion.parts import load_all
-from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, verify_manifest
+from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, VerifiedFolder, open_manifest, verified_reads
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 FITTED_DIR = "fitted"  # fitted/<head name>/: what a head learned from data (memory bank, weights, calibration)
@@ -46,13 +48,46 @@ def read_config(model_dir: str | Path) -> PipelineConfig:
     return load_config(model_dir)
 
 
-def verify_model_folder(model_dir: Path) -> None:
-    """Check a model folder against its sha256 manifest, when it has one, before anything is loaded."""
-    if (model_dir / MANIFEST_NAME).is_file():
-        try:
-            verify_manifest(model_dir)
-        except IntegrityError as error:
-            raise ConfigError(f"{model_dir}: refused to load: {error}") from None
+def has_manifest(model_dir: Path) -> bool:
+    """Whether a model folder has a sha256 manifest (manifest.json)."""
+    return (Path(model_dir) / MANIFEST_NAME).is_file()
+
+
+def check_manifest_present(model_dir: Path) -> None:
+    """ConfigError naming the folder and the fix when a model folder has no sha256 manifest."""
+    if not has_manifest(model_dir):
+        raise ConfigError(
+            f"{model_dir}: refused to load: no {MANIFEST_NAME}, and a manifest is required; check the folder's files, "
+            f"then sign it with `mmfusion manifest write {model_dir}` (or serve with --no-require-manifest)"
+        )
+
+
+@contextmanager
+def verified_model_folder(model_dir: Path, require_manifest: bool = False) -> Iterator[VerifiedFolder | None]:
+    """Check a model folder against its manifest, then each file loaded with `read_model_file` again as it is read.
+
+    Load the folder inside this block: config, examples, fitted artifacts and version weights read with
+    `read_model_file` are the bytes that were hashed; the block gets the folder's VerifiedFolder to check later
+    reads with (`verified_reads`). A folder without a manifest loads unverified (None), or is refused with
+    `require_manifest`.
+    """
+    model_dir = Path(model_dir)
+    if require_manifest:
+        check_manifest_present(model_dir)
+    if not has_manifest(model_dir):
+        yield None
+        return
+    try:
+        with verified_reads(open_manifest(model_dir)) as verified:
+            yield verified
+    except IntegrityError as error:
+        raise ConfigError(f"{model_dir}: refused to load: {error}") from None
+
+
+def verify_model_folder(model_dir: Path, require_manifest: bool = False) -> None:
+    """Check a model folder against its sha256 manifest (when it has one, or always with `require_manifest`)."""
+    with verified_model_folder(model_dir, require_manifest):
+        pass
 
 
 def fitted_dir(model_dir: Path, head_name: str) -> Path:

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from mmfusion.adapters import apply_prefix
-from mmfusion.config import CONFIG_FILE, ConfigError, PipelineConfig, parse_config
+from mmfusion.config import CONFIG_FILE, ConfigError, PipelineConfig, check_folder_name, parse_config
 from mmfusion.parts import load_all
+from mmfusion.security.integrity import MANIFEST_NAME, extend_manifest, read_model_file
 
 VERSIONS_DIR = "versions"
 CURRENT_FILE = "current"
@@ -87,7 +88,9 @@ def load_version_config(model_dir: Path, folder: Path) -> PipelineConfig:
     """A version's config.yaml; relative paths resolve against the model folder (examples stay shared)."""
     path = folder / CONFIG_FILE
     load_all()
-    return parse_config(yaml.safe_load(path.read_text()), str(path), Path(model_dir))
+    config = parse_config(yaml.safe_load(read_model_file(path).decode("utf-8")), str(path), Path(model_dir))
+    check_folder_name(config, model_dir, path)
+    return config
 
 
 def read_raw_config(model_dir: Path, folder: Path | None) -> dict[str, Any]:
@@ -141,6 +144,8 @@ def write_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if (model_dir / MANIFEST_NAME).is_file():  # a signed model folder stays loadable: list the new version's files
+        extend_manifest(model_dir, [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")])
     return version, folder
 
 
@@ -148,13 +153,13 @@ def load_version_weights(graph: torch.nn.Module, folder: Path) -> None:
     """Load a version's weights into a graph built from its config (re-applying a prefix adapter first)."""
     adapter_path = folder / ADAPTER_FILE
     if adapter_path.is_file():
-        adapter = json.loads(adapter_path.read_text())
+        adapter = json.loads(read_model_file(adapter_path))
         if adapter.get("method") == "prefix":
             apply_prefix(graph, int(adapter["virtual_tokens"]))
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         return
-    state = load_file(str(weights))
+    state = load(read_model_file(weights))  # the bytes checked against the manifest are the bytes loaded
     missing, unexpected = graph.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(

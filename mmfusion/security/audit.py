@@ -1,40 +1,50 @@
-"""Tamper-evident audit log: JSON lines in a sha256 hash chain, rotated by size, sensitive fields encrypted."""
+"""Tamper-evident audit log: JSON lines in a keyed hash chain across rotated files, a signed head, encrypted fields."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from mmfusion.security.crypto import FieldCipher, fsync_dir
+from mmfusion.security.audit_chain import (
+    GENESIS_HASH,
+    RESERVED,
+    AuditError,
+    ChainKeys,
+    Head,
+    authenticity_problem,
+    canonical,
+    head_path,
+    parse_record,
+    read_head,
+    record_hash,
+    write_head,
+)
+from mmfusion.security.audit_verify import VerifyReport, chain_report, verify
+from mmfusion.security.crypto import FieldCipher, KeyStore, fsync_dir
+
+__all__ = [
+    "GENESIS_HASH",
+    "RESERVED",
+    "AuditError",
+    "AuditLog",
+    "VerifyReport",
+    "canonical",
+    "decrypt_record",
+    "field_aad",
+    "head_path",
+    "record_hash",
+    "rotated_paths",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
-GENESIS_HASH = "0" * 64
-RESERVED = ("seq", "time", "prev_hash", "hash")
 _TAIL_CHUNK = 64 * 1024
-
-
-class AuditError(ValueError):
-    """An audit log that cannot be opened or appended to; the message names the file and the problem."""
-
-
-def canonical(record: dict[str, Any]) -> bytes:
-    """The bytes a record's hash is computed over: sorted-key compact JSON of every field but `hash`."""
-    body = {key: value for key, value in record.items() if key != "hash"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def record_hash(record: dict[str, Any]) -> str:
-    """sha256 (hex) of the canonical form of a record; it covers `prev_hash`, which chains the records."""
-    return hashlib.sha256(canonical(record)).hexdigest()
 
 
 def field_aad(seq: int, field: str) -> bytes:
@@ -56,7 +66,15 @@ def rotated_paths(path: str | Path) -> list[Path]:
 
 
 class AuditLog:
-    """Append-only JSONL audit log whose records are chained by sha256 across rotated files."""
+    """Append-only JSONL audit log: records chained by HMAC-SHA256 across rotated files, the newest one checkpointed.
+
+    With a `keystore` each record's hash is an HMAC under a chain key derived from its active master key
+    (HKDF, its own label), so nobody without the key can forge, edit or re-chain records; without one the
+    chain is plain sha256 (a warning is logged). After every record `<path>.head` is replaced with the
+    record's seq and hash, authenticated the same way. Opening a log whose newest records or files are
+    gone (it no longer reaches its head) raises AuditError, unless `new_segment`: then a record of the
+    loss starts a new segment of the chain, and `verify` accepts and reports it.
+    """
 
     SENSITIVE = frozenset({"result", "text", "transcript", "excerpt", "payload", "report", "detail"})
 
@@ -66,52 +84,90 @@ class AuditLog:
         cipher: FieldCipher | None = None,
         fsync: Literal["always", "never"] = "always",
         max_bytes: int = 64 * 1024 * 1024,
+        keystore: KeyStore | None = None,
+        new_segment: bool = False,
     ) -> None:
         if fsync not in ("always", "never"):
             raise AuditError(f"audit fsync {fsync!r}: expected 'always' or 'never'")
         if max_bytes < 1024:
             raise AuditError(f"audit max_bytes {max_bytes}: expected at least 1024")
         self.path = Path(path)
+        self.head_path = head_path(self.path)
         self.cipher = cipher
+        self.keys = ChainKeys(keystore) if keystore is not None else None
         self.fsync = fsync
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the open file
+        if self.keys is None:
+            log.warning("audit log %s has no chain key: whoever can write its files can rewrite them unseen", self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repaired_bytes = _repair_tail(self.path)
-        last = _last_record(self.path) or _last_record(self.path.with_name(f"{self.path.name}.1"))
+        last = self._last_record()
+        if last is not None and (unauthentic := authenticity_problem(last, self.keys)) is not None:
+            raise AuditError(
+                f"audit log {str(self.path)!r}: {unauthentic}; check the key, run `mmfusion audit verify` "
+                "on its files and move them aside"
+            )
+        problem, head = self._head_problem(last)
+        if problem is not None and not new_segment:
+            raise AuditError(
+                f"audit log {str(self.path)!r}: {problem}; check it with `mmfusion audit verify`, then start with "
+                "a new segment (serve --audit-new-segment) to continue with the loss on the record"
+            )
         self._next_seq = last["seq"] + 1 if last else 0
         self._prev_hash = last["hash"] if last else GENESIS_HASH
-        self._fd: int | None = self._open()
+        self._fd = self._open()
+        if problem is not None:  # first, so that it follows the newest record left and skips the lost seqs
+            self._start_segment(problem, last, head)
         if repaired_bytes:
             log.warning("audit log %s: removed an incomplete last line (%d bytes)", self.path, repaired_bytes)
             self.append({"kind": "audit", "action": "repair", "truncated_bytes": repaired_bytes})
 
     def append(self, event: dict[str, Any]) -> str:
-        """Add one event (time, seq and the chain hashes are filled in) and return its hash."""
+        """Add one event (time, seq, key id and the chain hashes are filled in), checkpoint it, return its hash.
+
+        A record that cannot be written raises AuditError and leaves no part of itself in the file.
+        """
         clash = [key for key in RESERVED if key in event]
         if clash:
             raise AuditError(f"audit event field {clash[0]!r} is reserved; rename it")
         # A JSON round trip makes the hashed form exactly what a reader will parse back.
         fields = json.loads(json.dumps(event, default=str))
         with self._lock:
-            if self._fd is None:
-                raise AuditError(f"audit log {str(self.path)!r} is closed")
+            self._check_open()
             seq = self._next_seq
             for name in self.SENSITIVE & fields.keys():
                 if self.cipher is not None and fields[name] is not None:
                     fields[name] = {"enc": self.cipher.encrypt_value(fields[name], field_aad(seq, name))}
             record = {**fields, "seq": seq, "time": _now(), "prev_hash": self._prev_hash}
-            record["hash"] = record_hash(record)
+            if self.keys is not None:
+                record["key_id"] = self.keys.active_id
+            record["hash"] = record_hash(record, self.keys)
             line = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-            size = os.fstat(self._fd).st_size
-            if size and size + len(line) > self.max_bytes:
-                self._rotate()
-            _write_all(self._fd, line)
-            if self.fsync == "always":
-                os.fsync(self._fd)
+            try:
+                self._write(line)
+            except OSError as error:
+                raise AuditError(f"audit log {str(self.path)!r}: record seq {seq} not written: {error}") from error
             self._next_seq = seq + 1
             self._prev_hash = record["hash"]
+            head = Head(seq, record["hash"], record.get("key_id"), record["time"])
+            try:
+                write_head(self.head_path, head, self.keys, sync=self.fsync == "always")
+            except OSError as error:
+                raise AuditError(
+                    f"audit log {str(self.path)!r}: record seq {seq} written but its head checkpoint "
+                    f"{str(self.head_path)!r} not: {error}"
+                ) from error
             return record["hash"]
+
+    def check(self) -> None:
+        """Raise AuditError when records cannot be appended: the log is closed, or its file deleted or replaced."""
+        if self._fd is not None and self._identity == _identity(self.path):
+            return  # without the lock, so that callers do not queue behind an append's fsync
+        with self._lock:  # confirm: a rotation may have been under way
+            self._check_open()
 
     def close(self) -> None:
         """Flush and close the file; later appends raise AuditError."""
@@ -127,11 +183,80 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_open(self) -> None:
+        """The file is open and still the one at `path` (records written to a deleted file would be lost)."""
+        if self._fd is None:
+            raise AuditError(f"audit log {str(self.path)!r} is closed")
+        if _identity(self.path) != self._identity:
+            raise AuditError(
+                f"audit log {str(self.path)!r} was deleted or replaced while open; nothing more is written to it "
+                "(a restart reports the loss)"
+            )
+
+    def _write(self, line: bytes) -> None:
+        """Append one line (rotating first when it would not fit); a failed write is cut off again."""
+        size = os.fstat(self._fd).st_size
+        if size and size + len(line) > self.max_bytes:
+            self._rotate()
+            size = 0
+        try:
+            _write_all(self._fd, line)
+            if self.fsync == "always":
+                os.fsync(self._fd)
+        except OSError:
+            try:  # no torn line for the next record to follow
+                os.ftruncate(self._fd, size)
+            except OSError:
+                pass
+            raise
+
+    def _last_record(self) -> dict[str, Any] | None:
+        """The newest record of the log, whichever of its files holds it (the newest may be empty or gone)."""
+        for path in reversed(rotated_paths(self.path)):
+            record = _last_record(path)
+            if record is not None:
+                return record
+        return None
+
+    def _head_problem(self, last: dict[str, Any] | None) -> tuple[str | None, Head | None]:
+        """Why the log does not reach its head checkpoint (records cut, files deleted), or None; and the head."""
+        try:
+            head = read_head(self.head_path, self.keys)
+        except AuditError as error:
+            return str(error), None
+        where = f"its head checkpoint {str(self.head_path)!r}"
+        if head is None:
+            if last is None:
+                return None, None  # a new log
+            return f"{where} is missing but the log has records up to seq {last['seq']}", None
+        if last is None:
+            return f"the log has no records but {where} says seq {head.seq}: its files were deleted", head
+        if last["seq"] < head.seq:
+            return (
+                f"the log ends at seq {last['seq']} but {where} says seq {head.seq}: records seq "
+                f"{last['seq'] + 1}..{head.seq} were removed (the newest records cut, or the newest file deleted)"
+            ), head
+        if last["seq"] == head.seq:
+            return (None if last["hash"] == head.hash else f"record seq {head.seq} does not match {where}"), head
+        # Records past the checkpoint (a crash between a record and its checkpoint) must chain from it.
+        report = chain_report(rotated_paths(self.path)[-2:], self.keys, True, head, str(self.head_path))
+        return (None if report.ok else report.problem), head
+
+    def _start_segment(self, problem: str, last: dict[str, Any] | None, head: Head | None) -> None:
+        """Record the loss and continue the chain after the newest record left; lost seqs are not reused."""
+        after = last["seq"] if last is not None else None
+        if head is not None and (after is None or head.seq > after):
+            self._next_seq = head.seq + 1
+        log.warning("audit log %s: %s; starting a new segment as asked", self.path, problem)
+        self.append({"kind": "audit", "action": "new_segment", "reason": problem, "after_seq": after})
+
     def _open(self) -> int:
         created = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if created:
             fsync_dir(self.path.parent)
+        opened = os.fstat(fd)
+        self._identity = (opened.st_dev, opened.st_ino)
         return fd
 
     def _rotate(self) -> None:
@@ -154,101 +279,6 @@ def decrypt_record(record: dict[str, Any], cipher: FieldCipher) -> dict[str, Any
     return plain
 
 
-@dataclass(frozen=True)
-class VerifyReport:
-    """Outcome of `verify`: ok, how many records checked out, and the first problem found."""
-
-    ok: bool
-    records: int
-    problem: str | None = None
-
-
-@dataclass
-class _Line:
-    path: Path
-    number: int
-    text: bytes
-    last_in_file: bool
-
-
-def verify(paths: list[str | Path], allow_partial: bool = False) -> VerifyReport:
-    """Check the hash chain over files given oldest first; report the first edited/removed/reordered record.
-
-    `allow_partial` accepts a first record that is not the genesis record (older files deleted).
-    """
-    paths = [Path(path) for path in paths]
-    for path in paths:
-        if not path.is_file():
-            raise AuditError(f"audit file {str(path)!r} does not exist")
-    later_seqs = _all_seqs(paths)
-    records = 0
-    expected_seq, prev_hash, previous_seq = 0, GENESIS_HASH, None
-    for line in _lines(paths):
-        where = f"{line.path}:{line.number}"
-        record = _parse(line.text)
-        if record is None:
-            if line.last_in_file and line.path == paths[-1] and not line.text.endswith(b"\n"):
-                return VerifyReport(False, records, f"{where}: incomplete last line (torn write)")
-            return VerifyReport(False, records, f"{where}: not a JSON audit record (corrupted)")
-        seq = record["seq"]
-        later_seqs[seq] -= 1
-        if record_hash(record) != record["hash"]:
-            return VerifyReport(False, records, f"{where}: record seq {seq} was edited (hash mismatch)")
-        if previous_seq is None and allow_partial:
-            expected_seq, prev_hash = seq, record["prev_hash"]
-        if seq < expected_seq:
-            return VerifyReport(False, records, f"{where}: records reordered: seq {seq} comes after seq {previous_seq}")
-        if seq > expected_seq:
-            if later_seqs.get(expected_seq, 0) > 0:
-                return VerifyReport(
-                    False, records, f"{where}: records reordered: seq {seq} comes before seq {expected_seq}"
-                )
-            missing = f"seq {expected_seq}" if seq == expected_seq + 1 else f"seq {expected_seq}..{seq - 1}"
-            return VerifyReport(False, records, f"{where}: records removed: {missing} missing before seq {seq}")
-        if record["prev_hash"] != prev_hash:
-            before = f"seq {previous_seq}" if previous_seq is not None else "the genesis hash"
-            problem = f"{where}: record seq {seq} does not chain to {before} (a record was removed or replaced)"
-            return VerifyReport(False, records, problem)
-        records += 1
-        expected_seq, prev_hash, previous_seq = seq + 1, record["hash"], seq
-    return VerifyReport(True, records)
-
-
-def _parse(text: bytes) -> dict[str, Any] | None:
-    """A record with integer seq and string hashes, or None when the line is not one."""
-    try:
-        record = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(record, dict):
-        return None
-    if not isinstance(record.get("seq"), int) or not all(isinstance(record.get(k), str) for k in ("hash", "prev_hash")):
-        return None
-    return record
-
-
-def _lines(paths: list[Path]) -> Iterator[_Line]:
-    for path in paths:
-        with open(path, "rb") as handle:
-            current = handle.readline()
-            number = 1
-            while current:
-                following = handle.readline()
-                if current.strip():
-                    yield _Line(path, number, current, last_in_file=not following)
-                current, number = following, number + 1
-
-
-def _all_seqs(paths: list[Path]) -> dict[int, int]:
-    """How many times each seq occurs (to tell a reordered record from a removed one)."""
-    counts: dict[int, int] = {}
-    for line in _lines(paths):
-        record = _parse(line.text)
-        if record is not None:
-            counts[record["seq"]] = counts.get(record["seq"], 0) + 1
-    return counts
-
-
 def _repair_tail(path: Path) -> int:
     """Cut an incomplete last line (a write torn by a crash) off the file; return how many bytes went."""
     if not path.exists():
@@ -262,9 +292,9 @@ def _repair_tail(path: Path) -> int:
         tail = handle.read()
         if not tail:
             return 0
-        # A record whose newline alone was lost is complete: finish the line instead of dropping it.
-        record = _parse(tail)
-        if record is not None and record_hash(record) == record["hash"]:
+        # A record whose newline alone was lost is complete (no proper prefix of a JSON object parses):
+        # finish the line instead of dropping it; whether it is authentic is checked next, like any record.
+        if parse_record(tail) is not None:
             handle.seek(size)
             handle.write(b"\n")
             handle.flush()
@@ -300,13 +330,22 @@ def _last_record(path: Path) -> dict[str, Any] | None:
         start = _tail_start(handle, size - 1)
         handle.seek(start)
         text = handle.read()
-    record = _parse(text)
+    record = parse_record(text)
     if record is None:
         raise AuditError(
             f"audit log {str(path)!r}: the last line is not an audit record; "
             "run `mmfusion audit verify` on it and move the file aside"
         )
     return record
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _write_all(fd: int, data: bytes) -> None:

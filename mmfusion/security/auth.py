@@ -1,30 +1,32 @@
-"""Authentication: API keys (salted scrypt hashes in a YAML file) and JWTs (HS256 or RS256) -> a Caller."""
+"""Authentication: API keys (mmfusion.security.apikeys) and JWTs (HS256 or RS256) -> a Caller."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
+import math
 import os
-import secrets
 import threading
-from collections import OrderedDict
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
-import yaml
 
+from mmfusion.security.apikeys import KeyTable, load_api_keys
+from mmfusion.security.apikeys import generate_api_key as generate_api_key  # re-exported: the key tools' home
+from mmfusion.security.apikeys import hash_api_key as hash_api_key
+from mmfusion.security.apikeys import read_yaml_file as read_yaml_file
+from mmfusion.security.limits import FailureLimit, TokenBuckets
 from mmfusion.types import InputError
 
 LOG = logging.getLogger(__name__)
 GENERIC_MESSAGE = "authentication failed: send valid credentials (authorization: Bearer <jwt> or ApiKey <key>)"
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MIN_HMAC_SECRET_BYTES = 32
 MAX_CREDENTIAL_CHARS = 8192
-VERIFIED_CACHE_SIZE = 1024
+DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600.0
+TOKEN_TYPES = ("jwt", "at+jwt", "application/at+jwt")  # the header `typ` values accepted (case-insensitive)
+RELOAD_CHECK_S = 1.0  # how often a call looks whether the API key file changed on disk
 Metadata = Iterable[tuple[str, str | bytes]]
 
 
@@ -44,88 +46,16 @@ class Caller:
     role: str
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+class TooManyFailures(Exception):
+    """A client address over its budget of failed authentications; refused before any credential is checked."""
 
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def generate_api_key() -> str:
-    """A new random API key (256 bits, URL-safe text)."""
-    return secrets.token_urlsafe(32)
-
-
-def hash_api_key(key: str, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
-    """The stored form of an API key: `scrypt$n$r$p$salt$hash` with a random 16-byte salt."""
-    if not key:
-        raise InputError("api key: empty; expected a non-empty secret")
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(key.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
-    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
-
-
-@dataclass(frozen=True)
-class StoredKey:
-    """One entry of the API key file: its id, role and scrypt parameters, salt and hash."""
-
-    id: str
-    role: str
-    n: int
-    r: int
-    p: int
-    salt: bytes
-    digest: bytes
-
-    @classmethod
-    def parse(cls, key_id: str, role: str, stored: str, where: str) -> StoredKey:
-        parts = stored.split("$")
-        try:
-            if len(parts) != 6 or parts[0] != "scrypt":
-                raise ValueError
-            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-            salt, digest = _unb64(parts[4]), _unb64(parts[5])
-        except ValueError:
-            raise InputError(f"{where}.hash: {stored[:20]!r}...; expected scrypt$N$r$p$salt$hash") from None
-        if n < 2 or n & (n - 1) or len(salt) < 8 or len(digest) < 16:
-            raise InputError(f"{where}.hash: weak or malformed scrypt parameters (n={n}, salt {len(salt)} bytes)")
-        return cls(key_id, role, n, r, p, salt, digest)
-
-    def matches(self, key: bytes) -> bool:
-        computed = hashlib.scrypt(key, salt=self.salt, n=self.n, r=self.r, p=self.p, dklen=len(self.digest))
-        return hmac.compare_digest(computed, self.digest)
-
-
-def read_yaml_file(path: Path, what: str):
-    """Parse a YAML file; an unreadable or malformed file is an InputError naming `what` and the path."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise InputError(f"{what} {path}: cannot read ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise InputError(f"{what} {path}: not YAML ({str(error).splitlines()[0]})") from None
-
-
-def load_api_keys(path: str | Path) -> tuple[StoredKey, ...]:
-    """Parse `keys: [{id, role, hash}]`; errors name the file, the entry and the field."""
-    path = Path(path)
-    document = read_yaml_file(path, "api key file")
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise InputError(f"api key file {path}: expected a mapping with a 'keys' list of {{id, role, hash}}")
-    keys, seen = [], set()
-    for index, entry in enumerate(document["keys"]):
-        where = f"{path}: keys[{index}]"
-        if not isinstance(entry, dict) or set(entry) != {"id", "role", "hash"}:
-            raise InputError(f"{where}: {entry!r}; expected exactly the keys id, role, hash")
-        for name in ("id", "role", "hash"):
-            if not isinstance(entry[name], str) or not entry[name]:
-                raise InputError(f"{where}.{name}: {entry[name]!r}; expected a non-empty string")
-        if entry["id"] in seen:
-            raise InputError(f"{where}.id: {entry['id']!r} appears twice; ids must be unique")
-        seen.add(entry["id"])
-        keys.append(StoredKey.parse(entry["id"], entry["role"], entry["hash"], where))
-    return tuple(keys)
+    def __init__(self, client: str, wait_s: float, limit: FailureLimit) -> None:
+        self.client = client
+        self.retry_ms = max(1, math.ceil(wait_s * 1000))
+        super().__init__(
+            f"{limit.failures} failed authentications per {limit.window_s:g} s reached for {client}; "
+            f"retry after {self.retry_ms} ms"
+        )
 
 
 def _read_pem_key(path: str | Path) -> str:
@@ -148,6 +78,8 @@ class JwtConfig:
     issuer: str | None = None
     role_claim: str = "role"
     leeway_s: float = 0.0
+    max_lifetime_s: float = DEFAULT_MAX_TOKEN_LIFETIME_S  # exp - iat (exp - now without iat) may be at most this
+    require_audience: bool = True  # False: no audience configured, tokens must then carry no `aud`
 
     def __post_init__(self) -> None:
         if self.secret is None and self.public_key is None:
@@ -155,6 +87,13 @@ class JwtConfig:
         if self.secret is not None and len(self.secret.encode()) < MIN_HMAC_SECRET_BYTES:
             raise InputError(
                 f"jwt secret: {len(self.secret.encode())} bytes; expected at least {MIN_HMAC_SECRET_BYTES}"
+            )
+        if not self.max_lifetime_s > 0:
+            raise InputError(f"jwt max lifetime {self.max_lifetime_s!r}: expected seconds > 0")
+        if not self.audience and self.require_audience:
+            raise InputError(
+                f"jwt audience: {self.audience!r}; expected the 'aud' claim your tokens carry (--jwt-audience NAME), "
+                "or --jwt-no-audience to accept tokens meant for any service of the issuer"
             )
 
     @classmethod
@@ -164,6 +103,8 @@ class JwtConfig:
         public_key_file: str | Path | None = None,
         audience: str | None = None,
         issuer: str | None = None,
+        max_lifetime_s: float = DEFAULT_MAX_TOKEN_LIFETIME_S,
+        require_audience: bool = True,
     ) -> JwtConfig:
         """From the serve flags: the secret is read from an environment variable, never from the command line."""
         secret = None
@@ -172,14 +113,21 @@ class JwtConfig:
             if not secret:
                 raise InputError(f"--jwt-secret-env {secret_env}: the variable is unset or empty")
         public_key = _read_pem_key(public_key_file) if public_key_file is not None else None
-        return cls(secret, public_key, audience, issuer)
+        return cls(
+            secret, public_key, audience, issuer, max_lifetime_s=max_lifetime_s, require_audience=require_audience
+        )
 
     def decode(self, token: str) -> Caller:
-        """Check signature, exp, nbf, aud and iss; the caller is `sub` with the role claim."""
+        """Check header, signature, exp, nbf, iat, lifetime, aud and iss; the caller is `sub` with the role claim."""
         try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
+            header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
             raise AuthenticationError(f"jwt header: {error}") from None
+        algorithm, kind = header.get("alg"), header.get("typ")
+        if not isinstance(algorithm, str):
+            raise AuthenticationError(f"jwt header alg: a {type(algorithm).__name__}; expected a string")
+        if kind is not None and (not isinstance(kind, str) or kind.lower() not in TOKEN_TYPES):
+            raise AuthenticationError(f"jwt header typ {str(kind)[:24]!r}: expected JWT or at+jwt")
         key = {"HS256": self.secret, "RS256": self.public_key}.get(algorithm)
         if key is None:
             raise AuthenticationError(f"jwt alg {str(algorithm)[:16]!r}: not accepted by this server")
@@ -196,106 +144,159 @@ class JwtConfig:
             )
         except jwt.PyJWTError as error:
             raise AuthenticationError(f"jwt: {error}") from None
+        self._check_lifetime(claims)
         role, subject = claims.get(self.role_claim), claims.get("sub")
         if not isinstance(role, str) or not role or not isinstance(subject, str) or not subject:
             raise AuthenticationError(f"jwt: claims 'sub' and {self.role_claim!r} must be non-empty strings")
         return Caller(subject, role)
 
+    def _check_lifetime(self, claims: dict) -> None:
+        """`iat`, when present, is not in the future; exp - iat (exp - now without iat) is at most the maximum."""
+        now = time.time()
+        try:
+            issued = float(claims["iat"]) if claims.get("iat") is not None else None
+            lifetime = float(claims["exp"]) - (issued if issued is not None else now)
+        except (TypeError, ValueError, OverflowError):
+            raise AuthenticationError("jwt: exp or iat is not a number of seconds in range") from None
+        if issued is not None and issued > now + self.leeway_s:
+            raise AuthenticationError(f"jwt: iat {issued:.0f} is in the future (now {now:.0f})")
+        if not lifetime <= self.max_lifetime_s + self.leeway_s:
+            raise AuthenticationError(f"jwt: lifetime {lifetime:.0f} s; the most accepted is {self.max_lifetime_s:g} s")
 
-class _VerifiedKeys:
-    """A bounded memo of presented keys already checked, keyed by an HMAC under a per-process secret.
 
-    scrypt is slow on purpose; without this every call would pay it once per stored key.
-    """
+def _file_stamp(path: Path) -> tuple | None:
+    """What tells a changed file apart: inode, size, mtime and ctime (None when it cannot be stat'ed)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
-    def __init__(self, size: int = VERIFIED_CACHE_SIZE) -> None:
-        self._secret = os.urandom(32)
-        self._size = size
-        self._seen: OrderedDict[bytes, Caller | None] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def tag(self, key: bytes) -> bytes:
-        return hmac.new(self._secret, key, hashlib.sha256).digest()
-
-    def get(self, tag: bytes) -> tuple[bool, Caller | None]:
-        with self._lock:
-            if tag not in self._seen:
-                return False, None
-            self._seen.move_to_end(tag)
-            return True, self._seen[tag]
-
-    def put(self, tag: bytes, caller: Caller | None) -> None:
-        with self._lock:
-            self._seen[tag] = caller
-            while len(self._seen) > self._size:
-                self._seen.popitem(last=False)
+def _credential(metadata: Metadata | None) -> tuple[str, str]:
+    """("apikey" or "bearer", the credential) from the call's one `authorization` or `x-api-key` value."""
+    found: dict[str, list[str]] = {}
+    for key, value in metadata or ():
+        if key in ("authorization", "x-api-key"):
+            found.setdefault(key, []).append(value if isinstance(value, str) else "")
+    if not found:
+        raise AuthenticationError("no authorization or x-api-key metadata")
+    if sum(map(len, found.values())) > 1:
+        raise AuthenticationError("more than one credential in the metadata")
+    ((name, (value,)),) = found.items()
+    if len(value) > MAX_CREDENTIAL_CHARS:
+        raise AuthenticationError(f"{name}: longer than {MAX_CREDENTIAL_CHARS} characters")
+    if name == "x-api-key":
+        return "apikey", value.strip()
+    scheme, _, credential = value.strip().partition(" ")
+    credential = credential.strip()
+    if not credential:
+        raise AuthenticationError("authorization: no credential after the scheme")
+    if scheme.lower() in ("apikey", "bearer"):
+        return scheme.lower(), credential
+    raise AuthenticationError("authorization: unknown scheme; expected Bearer or ApiKey")
 
 
 @dataclass
 class AuthConfig:
-    """API keys (from `api_keys_path`) and/or JWT settings; `authenticate` turns call metadata into a Caller."""
+    """API keys (from `api_keys_path`) and/or JWT settings; `authenticate` turns call metadata into a Caller.
+
+    Failed authentications are counted per client address (`failure_limit`); an address over its budget
+    is refused before any credential of it is checked, unless it presents an API key already verified.
+    The API key file is re-read when it changes on disk (looked at most every `reload_check_s`) or on reload().
+    """
 
     api_keys_path: str | Path | None = None
     jwt: JwtConfig | None = None
+    failure_limit: FailureLimit = field(default_factory=FailureLimit)
+    reload_check_s: float = RELOAD_CHECK_S
     # the keys and the memo of keys checked against them, swapped together as one reference on reload
-    _state: tuple[tuple[StoredKey, ...], _VerifiedKeys] = field(default=((), None), init=False, repr=False)
+    _keys: KeyTable = field(default=None, init=False, repr=False)
+    _failures: TokenBuckets = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.api_keys_path is None and self.jwt is None:
             raise InputError("auth: no API key file and no JWT settings; give at least one")
-        keys = load_api_keys(self.api_keys_path) if self.api_keys_path is not None else ()
-        self._state = (keys, _VerifiedKeys())
+        self._stamp = _file_stamp(Path(self.api_keys_path)) if self.api_keys_path is not None else None
+        self._keys = KeyTable(load_api_keys(self.api_keys_path) if self.api_keys_path is not None else ())
+        self._failures = TokenBuckets(self.failure_limit.as_rate_limit())
+        self._next_check = time.monotonic() + self.reload_check_s
+        self._reload_lock = threading.Lock()
 
     def reload(self) -> bool:
-        """Re-read the API key file (atomic swap); a broken file keeps the old keys and logs why."""
+        """Re-read the API key file (atomic swap); a broken or exposed file keeps the old keys and logs why."""
         if self.api_keys_path is None:
             return True
-        try:
-            keys = load_api_keys(self.api_keys_path)
-        except InputError as error:
-            LOG.error("api keys not reloaded, keeping the previous ones: %s", error)
-            return False
-        self._state = (keys, _VerifiedKeys())
+        with self._reload_lock:
+            self._stamp = _file_stamp(Path(self.api_keys_path))  # before reading: a later write is seen next time
+            try:
+                keys = load_api_keys(self.api_keys_path)
+            except InputError as error:
+                LOG.error("api keys not reloaded, keeping the previous ones: %s", error)
+                return False
+            self._keys = KeyTable(keys)
         LOG.info("api keys reloaded from %s: %d keys", self.api_keys_path, len(keys))
         return True
 
-    def _check_api_key(self, key: str) -> Caller:
-        stored_keys, verified = self._state
-        if not stored_keys:
-            raise AuthenticationError("api keys are not enabled on this server")
-        presented = key.encode()
-        tag = verified.tag(presented)
-        known, caller = verified.get(tag)
-        if not known:
-            caller = next((Caller(stored.id, stored.role) for stored in stored_keys if stored.matches(presented)), None)
-            verified.put(tag, caller)
-        if caller is None:
-            raise AuthenticationError("api key: matches no stored hash")
-        return caller
+    def _current_keys(self) -> KeyTable:
+        """The keys, re-read first when the file changed since it was last read (looked at once per interval)."""
+        now = time.monotonic()
+        if self.api_keys_path is not None and now >= self._next_check:
+            self._next_check = now + self.reload_check_s
+            if _file_stamp(Path(self.api_keys_path)) != self._stamp:
+                self.reload()
+        return self._keys
 
-    def authenticate(self, metadata: Metadata | None) -> Caller:
-        """The Caller of `authorization: Bearer <jwt>` / `authorization: ApiKey <key>` / `x-api-key: <key>`."""
-        found: dict[str, list[str]] = {}
-        for key, value in metadata or ():
-            if key in ("authorization", "x-api-key"):
-                found.setdefault(key, []).append(value if isinstance(value, str) else "")
-        if not found:
-            raise AuthenticationError("no authorization or x-api-key metadata")
-        if sum(map(len, found.values())) > 1:
-            raise AuthenticationError("more than one credential in the metadata")
-        ((name, (value,)),) = found.items()
-        if len(value) > MAX_CREDENTIAL_CHARS:
-            raise AuthenticationError(f"{name}: longer than {MAX_CREDENTIAL_CHARS} characters")
-        if name == "x-api-key":
-            return self._check_api_key(value.strip())
-        scheme, _, credential = value.strip().partition(" ")
-        credential = credential.strip()
-        if not credential:
-            raise AuthenticationError("authorization: no credential after the scheme")
-        if scheme.lower() == "apikey":
-            return self._check_api_key(credential)
-        if scheme.lower() == "bearer":
+    def _check_api_key(self, key: str) -> Caller:
+        keys = self._current_keys()
+        if not keys.keys:
+            raise AuthenticationError("api keys are not enabled on this server")
+        stored = keys.lookup(key)
+        if stored is None:
+            raise AuthenticationError("api key: matches no stored hash")
+        return Caller(stored.id, stored.role)
+
+    def _verified_caller(self, metadata: Metadata | None) -> Caller | None:
+        """The caller of an API key already verified (one HMAC, no scrypt); None for anything else."""
+        try:
+            kind, credential = _credential(metadata)
+        except AuthenticationError:
+            return None
+        if kind != "apikey":
+            return None
+        known, stored = self._current_keys().remembered(credential)  # a revoked key is forgotten here too
+        return Caller(stored.id, stored.role) if known and stored is not None else None
+
+    def authenticate(self, metadata: Metadata | None, client: str | None = None) -> Caller:
+        """The Caller of `authorization: Bearer <jwt>` / `authorization: ApiKey <key>` / `x-api-key: <key>`.
+
+        With `client` (its address), raises TooManyFailures while that address is over its failure budget
+        and counts a failure against it for every AuthenticationError.
+        """
+        if client is not None:
+            wait = self._failures.wait(client)
+            if wait > 0:
+                caller = self._verified_caller(metadata)
+                if caller is None:
+                    raise TooManyFailures(client, wait, self.failure_limit)
+                return caller
+        try:
+            return self._authenticate(metadata)
+        except AuthenticationError:
+            if client is not None:
+                self._failures.charge(client)
+            raise
+
+    def _authenticate(self, metadata: Metadata | None) -> Caller:
+        try:
+            kind, credential = _credential(metadata)
+            if kind == "apikey":
+                return self._check_api_key(credential)
             if self.jwt is None:
                 raise AuthenticationError("bearer tokens are not enabled on this server")
             return self.jwt.decode(credential)
-        raise AuthenticationError("authorization: unknown scheme; expected Bearer or ApiKey")
+        except AuthenticationError:
+            raise
+        except Exception as error:  # a malformed credential must end as UNAUTHENTICATED, never as a crash
+            LOG.warning("credential check raised %s: refused", type(error).__name__, exc_info=True)
+            raise AuthenticationError(f"malformed credential ({type(error).__name__})") from None

@@ -16,6 +16,8 @@ import yaml
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from mmfusion.security.files import check_private
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "MMFUSION_MASTER_KEY"
@@ -103,8 +105,7 @@ class KeyStore:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise CryptoError(f"{source} does not exist; create one with `mmfusion keys generate FILE`") from None
-        if path.stat().st_mode & 0o077:
-            log.warning("%s is readable by other users; run chmod 600 on it", source)
+        check_private(path, "key file", CryptoError)  # master keys other users can read or swap are refused
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError as error:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import pickle
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -74,6 +80,10 @@ def write_manifest(folder: str | Path, files: list[str | Path] | None = None) ->
         if not path.is_file():
             raise IntegrityError(f"cannot add {name!r} to the manifest: no such file in {str(folder)!r}")
         entries[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return _write_entries(folder, entries)
+
+
+def _write_entries(folder: Path, entries: dict[str, dict[str, Any]]) -> Path:
     manifest = {
         "format": MANIFEST_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -103,20 +113,85 @@ def _read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def verify_manifest(folder: str | Path) -> int:
-    """Check every file against folder/manifest.json and refuse unlisted weight files; return files checked."""
+def _check_size(name: str, entry: dict[str, Any], size: int) -> None:
+    if size != entry.get("size"):
+        raise IntegrityError(f"model file {name!r} is {size} bytes; {MANIFEST_NAME} says {entry.get('size')}")
+
+
+def _check_sha256(name: str, entry: dict[str, Any], digest: str) -> None:
+    if digest != entry.get("sha256"):
+        raise IntegrityError(f"model file {name!r} does not match its sha256 in {MANIFEST_NAME} (changed?)")
+
+
+@dataclass(frozen=True)
+class VerifiedFolder:
+    """A model folder and its manifest, read once: what `read_model_file` checks the bytes it reads against."""
+
+    folder: Path
+    files: dict[str, dict[str, Any]]
+
+    def name_of(self, path: Path) -> str | None:
+        """The manifest name of an absolute path inside the folder (as given, else links resolved); None outside."""
+        for root, candidate in ((Path(os.path.abspath(self.folder)), path), (self.folder.resolve(), path.resolve())):
+            if candidate.is_relative_to(root):
+                return candidate.relative_to(root).as_posix()
+        return None
+
+    def check(self, name: str, data: bytes) -> None:
+        """Raise IntegrityError unless `data` is the content the manifest lists for `name`."""
+        entry = self.files.get(name)
+        if entry is None:
+            raise IntegrityError(
+                f"model file {name!r} is not listed in {str(self.folder / MANIFEST_NAME)!r}; check it and rewrite "
+                f"the manifest with `mmfusion manifest write {self.folder}`"
+            )
+        _check_size(name, entry, len(data))
+        _check_sha256(name, entry, hashlib.sha256(data).hexdigest())
+
+
+_LOADING: ContextVar[tuple[VerifiedFolder, ...]] = ContextVar("mmfusion_verified_folders", default=())
+
+
+@contextmanager
+def verified_reads(verified: VerifiedFolder | None) -> Iterator[VerifiedFolder | None]:
+    """While open (in this thread or task), `read_model_file` checks every file of the folder against its manifest.
+
+    None (a folder without a manifest) changes nothing.
+    """
+    token = _LOADING.set((*_LOADING.get(), verified) if verified is not None else _LOADING.get())
+    try:
+        yield verified
+    finally:
+        _LOADING.reset(token)
+
+
+def read_model_file(path: str | Path) -> bytes:
+    """A file's bytes; inside a folder opened with `verified_reads`, checked against its manifest as read.
+
+    The bytes returned are the bytes hashed, so a file changed after the folder was verified is refused
+    rather than loaded. A missing file raises FileNotFoundError, a mismatch IntegrityError.
+    """
+    absolute = Path(os.path.abspath(path))
+    with open(absolute, "rb") as handle:
+        data = handle.read()
+    for verified in reversed(_LOADING.get()):  # the innermost folder being loaded that holds the file
+        name = verified.name_of(absolute)
+        if name is not None:
+            verified.check(name, data)
+            break
+    return data
+
+
+def open_manifest(folder: str | Path) -> VerifiedFolder:
+    """Read folder/manifest.json once and check every file against it; refuse unlisted weight files."""
     folder = Path(folder)
     files = _read_manifest(folder)
     for name in sorted(files):
-        entry = files[name]
         path = folder / _relative(folder, name)
         if not path.is_file():
             raise IntegrityError(f"model file {name!r} listed in {MANIFEST_NAME} is missing from {str(folder)!r}")
-        size = path.stat().st_size
-        if size != entry.get("size"):
-            raise IntegrityError(f"model file {name!r} is {size} bytes; {MANIFEST_NAME} says {entry.get('size')}")
-        if sha256_file(path) != entry.get("sha256"):
-            raise IntegrityError(f"model file {name!r} does not match its sha256 in {MANIFEST_NAME} (changed?)")
+        _check_size(name, files[name], path.stat().st_size)
+        _check_sha256(name, files[name], sha256_file(path))
     listed = set(files)
     for name in _default_files(folder):
         if name not in listed and Path(name).suffix.lower() in WEIGHT_SUFFIXES:
@@ -124,17 +199,36 @@ def verify_manifest(folder: str | Path) -> int:
                 f"weight file {name!r} in {str(folder)!r} is not in {MANIFEST_NAME}; "
                 "remove it or rewrite the manifest with `mmfusion manifest write`"
             )
-    return len(files)
+    return VerifiedFolder(folder, files)
+
+
+def verify_manifest(folder: str | Path) -> int:
+    """Check every file against folder/manifest.json and refuse unlisted weight files; return files checked."""
+    return len(open_manifest(folder).files)
+
+
+def extend_manifest(folder: str | Path, files: list[str | Path]) -> Path:
+    """Add `files` (new or rewritten by a tool) to folder/manifest.json; the other entries are kept as they are."""
+    folder = Path(folder)
+    entries = dict(_read_manifest(folder))
+    for name in sorted({_relative(folder, name) for name in files}):
+        path = folder / name
+        if not path.is_file():
+            raise IntegrityError(f"cannot add {name!r} to the manifest: no such file in {str(folder)!r}")
+        entries[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return _write_entries(folder, entries)
 
 
 def safe_torch_load(path: str | Path, map_location: str = "cpu") -> Any:
-    """torch.load with weights_only=True; a checkpoint that needs arbitrary pickled objects is refused."""
+    """torch.load with weights_only=True of the bytes `read_model_file` checked; pickled objects are refused."""
     import torch
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        data = read_model_file(path)  # checked against the manifest of a folder being loaded
     except FileNotFoundError:
         raise IntegrityError(f"checkpoint {str(path)!r} does not exist") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         globals_refused = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
         if not globals_refused:

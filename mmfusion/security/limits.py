@@ -1,4 +1,4 @@
-"""Per-caller limits: a token bucket of calls per second, and a cap on concurrent streaming calls."""
+"""Per-caller limits: token buckets of calls and of failed authentications, and a cap on concurrent streams."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from mmfusion.types import InputError
 
 MAX_TRACKED_CALLERS = 10_000  # the least recently seen callers' buckets are forgotten beyond this
 DEFAULT_MAX_STREAMS = 8
+DEFAULT_AUTH_FAILURES = 20  # failed authentications per client address ...
+DEFAULT_AUTH_FAILURE_WINDOW_S = 60.0  # ... per minute
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,24 @@ class RateLimit:
         return float(self.burst if self.burst is not None else max(1, round(self.rate)))
 
 
+@dataclass(frozen=True)
+class FailureLimit:
+    """At most `failures` failed authentications per `window_s` seconds from one client address (a token bucket)."""
+
+    failures: int = DEFAULT_AUTH_FAILURES
+    window_s: float = DEFAULT_AUTH_FAILURE_WINDOW_S
+
+    def __post_init__(self) -> None:
+        if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 1:
+            raise InputError(f"auth failure limit {self.failures!r}: expected a whole number of failures >= 1")
+        if not self.window_s > 0:
+            raise InputError(f"auth failure window {self.window_s!r}: expected seconds > 0")
+
+    def as_rate_limit(self) -> RateLimit:
+        """The bucket: `failures` at once, refilled at `failures` per window."""
+        return RateLimit(rate=self.failures / self.window_s, burst=self.failures)
+
+
 class TokenBuckets:
     """One token bucket per caller id; `take` returns 0 when the call may go, else the seconds to wait."""
 
@@ -54,6 +74,23 @@ class TokenBuckets:
             while len(self._buckets) > MAX_TRACKED_CALLERS:
                 self._buckets.popitem(last=False)
         return wait
+
+    def wait(self, caller: str) -> float:
+        """The seconds until the caller's bucket holds a token (0 when it does), taking nothing."""
+        now, capacity, rate = self._clock(), self.limit.capacity, self.limit.rate
+        with self._lock:
+            tokens, at = self._buckets.get(caller, (capacity, now))
+        tokens = min(capacity, tokens + (now - at) * rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+
+    def charge(self, caller: str) -> None:
+        """Take a token even from an empty bucket (calls that raced past `wait` each still cost one)."""
+        now, capacity, rate = self._clock(), self.limit.capacity, self.limit.rate
+        with self._lock:
+            tokens, at = self._buckets.pop(caller, (capacity, now))
+            self._buckets[caller] = (min(capacity, tokens + (now - at) * rate) - 1.0, now)
+            while len(self._buckets) > MAX_TRACKED_CALLERS:
+                self._buckets.popitem(last=False)
 
 
 class StreamSlots:

@@ -1,18 +1,17 @@
-"""Transport security: gRPC TLS credentials, dev certificates, and a TLS-1.3-only nginx front."""
+"""Transport security: the TLS-1.3-only nginx front, its certificate files, client credentials, dev certificates."""
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
 import string
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import grpc
 
+from mmfusion.security.files import check_private
+from mmfusion.security.network import bare_host
 from mmfusion.types import InputError
 
 DEV_CERTIFICATE_DAYS = 30
@@ -45,7 +46,7 @@ http {
     client_max_body_size ${max_body_bytes};
 
     server {
-        listen ${listen_address}:${listen_port} ssl http2;
+        listen ${listen_address}:${listen_port} ssl http2${listen_options};
         ssl_certificate "${cert}";
         ssl_certificate_key "${key}";
         ssl_protocols TLSv1.3;
@@ -53,6 +54,8 @@ http {
 ${client_auth}
         location / {
             grpc_pass grpc://127.0.0.1:${upstream_port};
+            grpc_set_header X-Real-IP $remote_addr;
+            grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             grpc_read_timeout 1h;
             grpc_send_timeout 1h;
         }
@@ -64,11 +67,20 @@ CLIENT_AUTH_BLOCK = """\
         ssl_verify_client on;
         ssl_verify_depth 2;
 """
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+class _Placeholders(string.Template):
+    """string.Template that fills only ${name}: nginx's own $variables pass through untouched."""
+
+    pattern = r"\$(?:(?P<escaped>(?!))|(?P<named>(?!))|\{(?P<braced>[a-z_]+)\}|(?P<invalid>(?!)))"
 
 
 def _read_pem(path: str | Path, field: str) -> bytes:
-    """The bytes of a PEM file, or InputError naming the flag when it is missing or not PEM."""
+    """The bytes of a PEM file, or InputError naming the flag when it is missing, not PEM, or an exposed key."""
     path = Path(path)
+    if field.endswith("-key"):
+        check_private(path, field)  # a private key that other users can read or replace is refused
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -93,58 +105,22 @@ def _check_key_matches(cert_pem: bytes, key_pem: bytes) -> None:
         raise InputError("--tls-key: does not belong to the first certificate in --tls-cert; expected its key")
 
 
-class CertificateFiles:
-    """The cert, key and client-CA files, re-read for a new handshake once they change on disk (rotation)."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """The server's certificate chain, its private key and an optional client CA (PEM), served by the nginx front."""
 
-    def __init__(self, cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> None:
-        self.cert, self.key = Path(cert), Path(key)
-        self.client_ca = Path(client_ca) if client_ca is not None else None
-        self._lock = threading.Lock()
-        self._stamp = self._stamps()
-        self.initial = self.configuration()
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
 
-    def _stamps(self) -> tuple | None:
-        """Content digests (not mtimes: a same-size copy within one mtime tick must still count as a change)."""
-        paths = (self.cert, self.key) + ((self.client_ca,) if self.client_ca is not None else ())
-        try:
-            return tuple(hashlib.sha256(path.read_bytes()).digest() for path in paths)
-        except OSError:
-            return None
-
-    def configuration(self) -> grpc.ServerCertificateConfiguration:
-        """The files as a gRPC certificate configuration; InputError when they are unreadable or do not match."""
-        cert_pem, key_pem = _read_pem(self.cert, "--tls-cert"), _read_pem(self.key, "--tls-key")
+    @classmethod
+    def checked(cls, cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> TlsFiles:
+        """The files, once they read as PEM and the key belongs to the first certificate; InputError naming the flag."""
+        cert_pem, key_pem = _read_pem(cert, "--tls-cert"), _read_pem(key, "--tls-key")
         _check_key_matches(cert_pem, key_pem)
-        roots = _read_pem(self.client_ca, "--client-ca") if self.client_ca is not None else None
-        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=roots)
-
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC's per-handshake hook: a new configuration when the files changed and are whole, else None (keep)."""
-        with self._lock:
-            stamp = self._stamps()
-            if stamp is None or stamp == self._stamp:
-                return None
-            try:
-                configuration = self.configuration()
-            except InputError:
-                return None  # half-written rotation: keep serving the old pair, retry on the next handshake
-            self._stamp = stamp
-            return configuration
-
-
-def server_credentials(
-    cert: str | Path, key: str | Path, client_ca: str | Path | None = None
-) -> grpc.ServerCredentials:
-    """gRPC server credentials from --tls-cert / --tls-key; with --client-ca, clients must show a cert it signed.
-
-    New handshakes pick up replaced files without a restart. grpcio (1.85) has no minimum-version
-    knob for server credentials: it negotiates TLS 1.3 with modern clients but still accepts TLS 1.2;
-    deployments that must refuse 1.2 use the nginx front (NginxFront, deploy/nginx/).
-    """
-    files = CertificateFiles(cert, key, client_ca)
-    return grpc.dynamic_ssl_server_credentials(
-        files.initial, files.fetch, require_client_authentication=client_ca is not None
-    )
+        if client_ca is not None:
+            _read_pem(client_ca, "--client-ca")
+        return cls(Path(cert), Path(key), Path(client_ca) if client_ca is not None else None)
 
 
 def channel_credentials(
@@ -284,6 +260,18 @@ def make_dev_certificates(
     return DevCertificates(*ca_paths, *server_paths, *client_paths)
 
 
+def listen_host(address: str) -> str:
+    """An address as nginx's listen wants it ('::' -> '[::]'); InputError unless it is an IP address or host name."""
+    host = bare_host(address.strip())
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if HOST_NAME.fullmatch(host):
+            return host
+        raise InputError(f"--host {address!r}: expected an IP address (127.0.0.1, [::]) or a host name") from None
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
 def render_nginx_config(
     listen_port: int,
     upstream_port: int,
@@ -305,13 +293,15 @@ def render_nginx_config(
     for field, path in [*files.items(), ("workdir", workdir)]:
         if any(character in str(path) for character in '"\\;{}$'):
             raise InputError(f'{field} {path}: contains one of " \\ ; {{ }} $; expected a plain path nginx can quote')
+    host = listen_host(listen_address)
     workdir.mkdir(parents=True, exist_ok=True)
     client_auth = ""
     if client_ca is not None:
-        client_auth = string.Template(CLIENT_AUTH_BLOCK).substitute(client_ca=Path(client_ca).resolve())
-    config = string.Template(NGINX_TEMPLATE).substitute(
+        client_auth = _Placeholders(CLIENT_AUTH_BLOCK).substitute(client_ca=Path(client_ca).resolve())
+    config = _Placeholders(NGINX_TEMPLATE).substitute(
         workdir=workdir.resolve(),
-        listen_address=listen_address,
+        listen_address=host,
+        listen_options=" ipv6only=off" if host == "[::]" else "",  # [::] takes IPv4 too, as gRPC's [::] does
         listen_port=listen_port,
         upstream_port=upstream_port,
         cert=Path(cert).resolve(),
@@ -336,10 +326,18 @@ def find_nginx() -> str | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on host (nginx cannot pick one itself)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """A TCP port free right now on host (nginx cannot pick one itself); IPv6 hosts with or without brackets."""
+    host = bare_host(host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def dial_host(listen_address: str) -> str:
+    """Where to connect to reach a listener on listen_address: loopback for the wildcards, else the host itself."""
+    host = bare_host(listen_address)
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 class NginxFront:
@@ -355,9 +353,10 @@ class NginxFront:
         workdir: str | Path | None = None,
         listen_address: str = "127.0.0.1",
         nginx: str | None = None,
+        max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
-        self.port = listen_port or free_port(listen_address)
-        self.listen_address = listen_address
+        self.listen_address = listen_host(listen_address)
+        self.port = listen_port or free_port(self.listen_address)
         self.nginx = nginx or find_nginx()
         if self.nginx is None:
             raise FileNotFoundError(
@@ -365,7 +364,7 @@ class NginxFront:
             )
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mmfusion-nginx-"))
         self.config = render_nginx_config(
-            self.port, upstream_port, cert, key, client_ca, self.workdir, listen_address=listen_address
+            self.port, upstream_port, cert, key, client_ca, self.workdir, self.listen_address, max_body_bytes
         )
         self.process: subprocess.Popen | None = None
 
@@ -413,10 +412,14 @@ class NginxFront:
         if not pid_file.exists() or pid_file.read_text().strip() != str(self.process.pid):
             return False  # the port alone may be someone else's socket while nginx still retries bind()
         try:
-            with socket.create_connection((self.listen_address, self.port), timeout=0.5):
+            with socket.create_connection((dial_host(self.listen_address), self.port), timeout=0.5):
                 return True
         except OSError:
             return False
+
+    def running(self) -> bool:
+        """Whether the nginx master process is alive."""
+        return self.process is not None and self.process.poll() is None
 
     def reload(self, timeout: float = NGINX_STOP_TIMEOUT_S) -> None:
         """Re-read the config and the cert/key files (SIGHUP) and wait until only new workers accept."""

@@ -11,12 +11,20 @@ from __future__ import annotations
 from google.protobuf import struct_pb2
 
 from mmfusion.calls.call import CallAnalysis, call_analyzer
+from mmfusion.calls.config import load_call_config
 from mmfusion.calls.decode import CallAudio
+from mmfusion.media import MAX_AUDIO_SECONDS
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving.batching import Call
 
 CALL_HEAD = "call"
 COMPLIANCE_HEAD = "compliance"
+
+
+def max_call_seconds(pipeline) -> float:
+    """The longest call the model's `call.yaml` accepts (`max_seconds`), checked before and while decoding."""
+    config = load_call_config(pipeline.model_dir)
+    return config.max_seconds if config is not None else MAX_AUDIO_SECONDS
 
 
 def call_work(audio: CallAudio) -> Call:

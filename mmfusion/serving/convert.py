@@ -3,41 +3,67 @@
 from __future__ import annotations
 
 import io
-import struct
 import wave
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 from google.protobuf import struct_pb2
 
-from mmfusion.media import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_image, check_pcm16, decode_audio, decode_image
+from mmfusion.media import (
+    MAX_IMAGE_PIXELS,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    check_image,
+    check_image_header,
+    check_pcm16,
+    decode_audio,
+    decode_image,
+)
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving.models import ModelEntry
 from mmfusion.types import InputError, Inputs, Prediction
 
-MAX_IMAGE_PIXELS = 64_000_000
 RAW_CHANNELS = {pb.IMAGE_ENCODING_RAW_RGB8: 3, pb.IMAGE_ENCODING_RAW_GRAY8: 1}
 REPORT_HEAD_KINDS = ("report",)
+MAX_REQUEST_IMAGES = 1024  # images of one request (frames, report images, a KServe BYTES batch)
+MAX_REQUEST_PIXELS = 4 * MAX_IMAGE_PIXELS  # all images of one request together: 768 MB as RGB
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG or JPEG header without decoding pixels; None if not found."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] != b"\xff\xd8":
-        return None
-    offset = 2
-    while offset + 9 < len(data):
-        if data[offset] != 0xFF:
-            return None
-        marker = data[offset + 1]
-        length = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
-            return width, height
-        offset += 2 + length
-    return None
+def _declared_pixels(image: pb.Image, field: str) -> int:
+    """The pixels an Image message will decode to, from its raw size or its header; nothing is decoded."""
+    if not image.data:
+        raise InputError(f"{field}.data: empty; expected JPEG/PNG bytes or raw pixels")
+    if image.encoding in RAW_CHANNELS:
+        width, height = image.width, image.height
+        if width * height > MAX_IMAGE_PIXELS:
+            raise InputError(f"{field}: {width}x{height} pixels; expected at most {MAX_IMAGE_PIXELS} pixels")
+    else:
+        width, height = check_image_header(image.data, field)
+    return width * height
+
+
+def check_request_images(images: Sequence[tuple[str, pb.Image]], what: str) -> None:
+    """Refuse a request whose images are too many or too large together, before any of them is decoded.
+
+    `images` pairs each Image with its field name; `what` names the images in the error (e.g. "frames").
+    """
+    if len(images) > MAX_REQUEST_IMAGES:
+        raise InputError(f"{what}: {len(images)} images; expected at most {MAX_REQUEST_IMAGES} in one request")
+    total = sum(_declared_pixels(image, field) for field, image in images)
+    if total > MAX_REQUEST_PIXELS:
+        raise InputError(
+            f"{what}: {len(images)} images of {total} pixels in all; expected at most {MAX_REQUEST_PIXELS} "
+            "pixels in one request"
+        )
+
+
+def images_from_proto(images: Sequence[pb.Image], field: str) -> list[np.ndarray]:
+    """Repeated Image messages as RGB arrays, checked together (count, total pixels) before any is decoded."""
+    named = [(f"{field}[{index}]", image) for index, image in enumerate(images)]
+    check_request_images(named, field)
+    return [image_from_proto(image, name) for name, image in named]
 
 
 def image_from_proto(image: pb.Image, field: str) -> np.ndarray:
@@ -46,10 +72,7 @@ def image_from_proto(image: pb.Image, field: str) -> np.ndarray:
         raise InputError(f"{field}.data: empty; expected JPEG/PNG bytes or raw pixels")
     channels = RAW_CHANNELS.get(image.encoding)
     if channels is None:
-        size = _header_size(image.data)
-        if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-            raise InputError(f"{field}: {size[0]}x{size[1]} pixels; expected at most {MAX_IMAGE_PIXELS} pixels")
-        return decode_image(image.data, field)
+        return decode_image(image.data, field)  # checks the size in the header before decoding
     name = pb.ImageEncoding.Name(image.encoding)
     if image.width == 0 or image.height == 0:
         raise InputError(f"{field}: {name} needs width and height; got {image.width}x{image.height}")
@@ -89,6 +112,9 @@ def decode_audio_bytes(data: bytes, encoding: int, sample_rate: int, channels: i
 def inputs_from_request(request: pb.InspectRequest) -> Inputs:
     """The Inputs of an InspectRequest, decoded; a request with no input at all is an error."""
     fields: dict[str, Any] = {}
+    images = [(name, getattr(request, name)) for name in ("reference_image", "image") if request.HasField(name)]
+    images += [(f"frames[{index}]", frame) for index, frame in enumerate(request.frames)]
+    check_request_images(images, "image, reference_image and frames")
     if request.HasField("reference_image"):
         fields["reference"] = image_from_proto(request.reference_image, "reference_image")
     if request.HasField("image"):

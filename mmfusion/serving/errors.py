@@ -8,8 +8,10 @@ from contextlib import contextmanager
 import grpc
 
 from mmfusion.config import ConfigError
-from mmfusion.serving.models import ModelNotFound
+from mmfusion.serving.interceptors.call import CALLS
+from mmfusion.serving.models import ListsModels, ModelNotFound
 from mmfusion.serving.scheduler import DeadlineExceededError, QueueFullError, SchedulerClosedError
+from mmfusion.serving.stream_limits import LimitExceeded
 from mmfusion.types import InputError
 
 
@@ -28,7 +30,7 @@ def status_of(error: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED
-    if isinstance(error, QueueFullError | MemoryError):
+    if isinstance(error, QueueFullError | LimitExceeded | MemoryError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(error, DeadlineExceededError):
         return grpc.StatusCode.DEADLINE_EXCEEDED
@@ -46,11 +48,22 @@ HANDLED_ERRORS = (
     ValueError,
     NotImplementedError,
     QueueFullError,
+    LimitExceeded,
     MemoryError,
     DeadlineExceededError,
     SchedulerClosedError,
     CancelledError,
 )
+
+
+def caller_message(error: BaseException, context: grpc.ServicerContext) -> str:
+    """An error's one-line message for the caller: model lists cut to the models the caller's role may use."""
+    if isinstance(error, MemoryError):
+        return "the server ran out of memory on this request"
+    if isinstance(error, ListsModels):
+        call = CALLS.get(context)
+        return one_line(error.text(call.visible if call is not None else None))
+    return one_line(error)
 
 
 @contextmanager
@@ -59,5 +72,4 @@ def rpc_errors(context: grpc.ServicerContext):
     try:
         yield
     except HANDLED_ERRORS as error:
-        message = "the server ran out of memory on this request" if isinstance(error, MemoryError) else error
-        context.abort(status_of(error), one_line(message))
+        context.abort(status_of(error), caller_message(error, context))

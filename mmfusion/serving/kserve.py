@@ -36,11 +36,11 @@ from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.runtime.specs import group_key, probe_specs
 from mmfusion.runtime.tensors import TensorSpec as RuntimeTensorSpec
 from mmfusion.serving.batching import Call, InferTensors
-from mmfusion.serving.convert import decode_audio_bytes, image_from_proto
+from mmfusion.serving.convert import check_request_images, decode_audio_bytes, image_from_proto
 from mmfusion.serving.dispatch import run_on_model
 from mmfusion.serving.errors import rpc_errors
 from mmfusion.serving.metrics import ServiceMetrics
-from mmfusion.serving.models import ModelEntry, ModelManager, ModelNotFound
+from mmfusion.serving.models import MissingModelName, ModelEntry, ModelManager, ModelNotFound
 from mmfusion.types import InputError, Modality
 
 KSERVE_SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -269,6 +269,10 @@ class RequestTensors:
             raise InputError(f"input '{name}': shape {_shape_text(shape)}; expected [-1] or [-1, 1]")
         self._note_batch(name, shape[0])
         elements = _bytes_elements(tensor, raw)
+        if modality is Modality.IMAGE:  # count and total size from the headers, before any image is decoded
+            check_request_images(
+                [(f"input '{name}'[{i}]", pb.Image(data=data)) for i, data in enumerate(elements)], f"input '{name}'"
+            )
         self.raw_items[modality] = [
             _raw_item(modality, data, f"input '{name}'[{i}]") for i, data in enumerate(elements)
         ]
@@ -429,7 +433,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         with rpc_errors(context):
             self._check_repository(request.repository_name)
             if not request.model_name:
-                raise InputError(f"model_name: empty; expected one of {', '.join(self.models.available_names())}")
+                raise MissingModelName("model_name: empty; expected one of ", self.models.available_names())
             backend = None  # the model's runtime: block
             for key, value in request.parameters.items():
                 if key == "backend" and value.WhichOneof("parameter_choice") == "string_param":

@@ -112,6 +112,11 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.models_loaded = Gauge("mmfusion_models_loaded", "Model versions loaded and ready", registry=self.registry)
+        self.audit_failures = Counter(
+            "mmfusion_audit_failures_total",
+            "Audit events that could not be written, and calls refused for it (serve --audit-fail-closed)",
+            registry=self.registry,
+        )
         self._http: WSGIServer | None = None
 
     def record_request(self, model: str, version: int | str, success: bool) -> None:
@@ -180,11 +185,12 @@ class ServiceMetrics:
         self.stream_dropped_frames.labels(stream).inc(count)
 
     def forget_stream(self, stream: str) -> None:
-        """Remove an ended stream's fps gauge so it stops being exported (its drop count stays)."""
-        try:
-            self.stream_fps.remove(stream)
-        except KeyError:
-            pass
+        """Remove an ended stream's fps and dropped-frames series (client-chosen ids: series live with their call)."""
+        for series in (self.stream_fps, self.stream_dropped_frames):
+            try:
+                series.remove(stream)
+            except KeyError:
+                pass
 
     def set_models_loaded(self, count: int) -> None:
         """Publish how many model versions are loaded."""

@@ -5,14 +5,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmfusion.config import PipelineConfig
 from mmfusion.pipeline import Pipeline
-from mmfusion.repository.folder import model_folders, models_root, read_config, resolve_model_dir
+from mmfusion.repository.folder import (
+    check_manifest_present,
+    has_manifest,
+    model_folders,
+    models_root,
+    read_config,
+    resolve_model_dir,
+)
 from mmfusion.serving.batching import ModelRunner, Work, is_inference
+from mmfusion.serving.memory import RELEASER
 from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.scheduler import BatchingConfig, BatchScheduler
 from mmfusion.types import InputError
@@ -23,8 +31,32 @@ DEFAULT_UNLOAD_GRACE_SECONDS = 10.0
 MIN_GRACE_SECONDS = 0.05  # even a spent grace period lets a model's scheduler stop cleanly
 
 
+class ListsModels(Exception):
+    """An error whose message ends with model names; `text(visible)` cuts them to those a caller may see."""
+
+    def __init__(self, lead: str, names: Iterable[str] = ()) -> None:
+        self.lead, self.names = lead, tuple(names)
+        super().__init__(self.text())
+
+    def __reduce__(self):
+        return type(self), (self.lead, self.names)
+
+    def text(self, visible: Callable[[str], bool] | None = None) -> str:
+        """The message, listing only the names `visible` allows (all without it), or 'none'."""
+        shown = [name for name in self.names if visible is None or visible(name)]
+        return f"{self.lead}{', '.join(shown) or 'none'}"
+
+
 class ModelNotFound(LookupError):
     """A model name (or version) that is neither loaded nor in the model repository."""
+
+
+class UnknownModel(ListsModels, ModelNotFound):
+    """ModelNotFound that lists the models there are (the loaded or the available ones)."""
+
+
+class MissingModelName(ListsModels, InputError):
+    """An empty model name, with the models the request could have named."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +88,10 @@ class ModelManager:
         model_root: str | Path | None = None,
         batching: BatchingConfig | None = None,
         metrics: ServiceMetrics | None = None,
+        require_manifest: bool = False,
     ) -> None:
         self._model_root = Path(model_root) if model_root is not None else None
+        self.require_manifest = require_manifest  # refuse model folders without a sha256 manifest.json
         self.batching = batching or BatchingConfig()
         self.metrics = metrics
         self._lock = threading.Lock()
@@ -96,9 +130,9 @@ class ModelManager:
             return repository[str(name_or_path)]
         if allow_path and Path(name_or_path).is_dir():
             return resolve_model_dir(name_or_path)
-        raise ModelNotFound(
-            f"model {str(name_or_path)!r} is not in the model repository {self.model_root}; "
-            f"available: {', '.join(self.available_names()) or 'none'}"
+        raise UnknownModel(
+            f"model {str(name_or_path)!r} is not in the model repository {self.model_root}; available: ",
+            self.available_names(),
         )
 
     def load(self, name_or_path: str | Path, backend: str | None = None, allow_path: bool = False) -> ModelEntry:
@@ -107,6 +141,10 @@ class ModelManager:
         backend None: the model's `runtime:` block chooses.
         """
         model_dir = self._model_dir(name_or_path, allow_path)
+        if self.require_manifest:
+            check_manifest_present(model_dir)  # before its config is even read; Pipeline verifies the files
+        elif not has_manifest(model_dir):
+            LOG.warning("model folder %s has no manifest.json: its files load unverified", model_dir)
         config = read_config(model_dir)
         with self._lock:
             gate = self._loading.setdefault(config.name, threading.Lock())
@@ -114,7 +152,7 @@ class ModelManager:
             with self._lock:
                 if config.name in self._loaded:
                     return self._loaded[config.name]
-            pipeline = Pipeline(model_dir, backend=backend)
+            pipeline = Pipeline(model_dir, backend=backend, require_manifest=self.require_manifest)
             version = str(pipeline.config.version)
             scheduler = BatchScheduler(
                 ModelRunner(pipeline),
@@ -140,25 +178,26 @@ class ModelManager:
         with self._lock:
             entry = self._loaded.pop(name, None)
         if entry is None:
-            raise ModelNotFound(f"model {name!r} is not loaded; loaded: {', '.join(self.loaded_names()) or 'none'}")
+            raise UnknownModel(f"model {name!r} is not loaded; loaded: ", self.loaded_names())
         self._notify(name, False)
         entry.scheduler.close(grace)
         if entry.scheduler.stopped:
             entry.pipeline.close()
         else:  # a batch is stuck in the backend: closing it under that batch could crash the process
             LOG.warning("model %r: a batch still runs %.1f s after unload; its backend is left to the GC", name, grace)
-        return ModelEntry(entry.name, entry.model_dir, entry.config, None, entry.backend)
+        unloaded = ModelEntry(entry.name, entry.model_dir, entry.config, None, entry.backend)
+        del entry  # this frame's reference to the pipeline: the collector may free it now
+        RELEASER.after_unload()  # collect its reference cycles and give the freed heap back to the OS
+        return unloaded
 
     def get(self, name: str, version: str = "") -> ModelEntry:
         """A loaded model (its entry holds the Pipeline); errors name what is loaded."""
         if not name:
-            raise InputError(
-                f"model: empty; expected one of the loaded models: {', '.join(self.loaded_names()) or 'none'}"
-            )
+            raise MissingModelName("model: empty; expected one of the loaded models: ", self.loaded_names())
         with self._lock:
             entry = self._loaded.get(name)
         if entry is None:
-            raise ModelNotFound(f"model {name!r} is not loaded; loaded: {', '.join(self.loaded_names()) or 'none'}")
+            raise UnknownModel(f"model {name!r} is not loaded; loaded: ", self.loaded_names())
         if version and version != entry.version:
             raise ModelNotFound(f"model {name!r} version {version!r} is not loaded; loaded version: {entry.version}")
         return entry

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -17,13 +17,18 @@ from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
 from mmfusion.security.auth import AuthConfig
 from mmfusion.security.limits import RateLimit
+from mmfusion.security.network import TrustedProxies
+from mmfusion.security.tls import NginxFront, TlsFiles, find_nginx
 from mmfusion.serving.cache import ResultCache
 from mmfusion.serving.interceptors import ServerSecurity, build_interceptors, build_security
+from mmfusion.serving.interceptors.guard import DEFAULT_MAX_OPEN_STREAMS, StreamGuard
 from mmfusion.serving.kserve import KSERVE_SERVICE_NAME, add_kserve_to_server
+from mmfusion.serving.memory import ReleasingExecutor
 from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.models import MIN_GRACE_SECONDS, ModelManager
 from mmfusion.serving.scheduler import BatchingConfig
 from mmfusion.serving.servicer import DEFAULT_MAX_AUDIO_BYTES, InspectionServicer
+from mmfusion.serving.stream_limits import DEFAULT_FIRST_MESSAGE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inspection"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -45,9 +50,14 @@ class InspectionServer:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         security: ServerSecurity | None = None,
+        front: NginxFront | None = None,
+        guard: StreamGuard | None = None,
     ) -> None:
         self.grpc_server = grpc_server
-        self.port = port
+        self.guard = guard  # the streaming calls' pool, cap and time limits
+        self.port = front.port if front is not None else port  # where clients connect
+        self.grpc_port = port  # the gRPC server's own port: loopback behind the TLS front
+        self.front = front
         self.models = models
         self.health = health_servicer
         self.metrics = metrics
@@ -73,6 +83,14 @@ class InspectionServer:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.health.set(KSERVE_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        if self.front is not None:
+            try:
+                self.front.start()
+            except RuntimeError as error:
+                self.stop(grace=0)
+                raise OSError(
+                    f"cannot start the TLS front on {self.front.listen_address}:{self.port}: {error}"
+                ) from None
         return self
 
     def stop(self, grace: float | None = DEFAULT_GRACE_SECONDS) -> None:
@@ -82,7 +100,13 @@ class InspectionServer:
         self._stopped.set()
         deadline = time.monotonic() + (grace or 0.0)
         self.health.enter_graceful_shutdown()
+        if self.guard is not None:  # open streams take no more frames: they answer those they took and end
+            self.guard.stop_accepting()
         self.grpc_server.stop(grace).wait()  # calls in flight wait on their queued work, which keeps being served
+        if self.guard is not None:
+            self.guard.close()
+        if self.front is not None:
+            self.front.stop()  # after the calls it carries
         self.models.close(max(deadline - time.monotonic(), MIN_GRACE_SECONDS))
         self.metrics.stop_http()
         if self.security is not None:
@@ -100,13 +124,14 @@ class InspectionServer:
 
 
 def _on_model_change(
-    health_servicer, manager: ModelManager, metrics: ServiceMetrics, cache: ResultCache
+    health_servicer, manager: ModelManager, metrics: ServiceMetrics, cache: ResultCache, per_model_health: bool = True
 ) -> Callable[[str, bool], None]:
-    """Per-model health, the loaded-models gauge, and a cache that forgets results of unloaded models."""
+    """Per-model health (not with auth: health is anonymous), the models gauge, a cache that forgets unloaded models."""
 
     def on_change(name: str, loaded: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if loaded else health_pb2.HealthCheckResponse.NOT_SERVING
-        health_servicer.set(name, status)
+        if per_model_health:
+            health_servicer.set(name, status)
         metrics.set_models_loaded(len(manager.loaded_names()))
         if not loaded:
             cache.clear()  # a model reloaded under the same version may have new weights
@@ -134,9 +159,17 @@ def build_server(
     policy_path: str | Path | None = None,
     audit_path: str | Path | None = None,
     rate_limit: RateLimit | None = None,
-    server_credentials: grpc.ServerCredentials | None = None,
+    tls: TlsFiles | None = None,
+    metrics_host: str = "127.0.0.1",
+    trusted_proxies: Sequence[str] = (),
     audit_cipher=None,
     audit_fsync: str = "always",
+    audit_fail_closed: bool = False,
+    audit_new_segment: bool = False,
+    require_manifest: bool = False,
+    max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS,
+    first_message_timeout_s: float = DEFAULT_FIRST_MESSAGE_TIMEOUT_S,
+    stream_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
 ) -> InspectionServer:
     """Load the models (names in the repository or folders), bind host:port (0 = any free port); not started.
 
@@ -150,15 +183,52 @@ def build_server(
     is the RBAC policy (the built-in example policy when auth is given without one), `audit_path`
     an audit log (fields encrypted with `audit_cipher`, a FieldCipher, when given; `audit_fsync`
     "never" trades durability of the last events for throughput), `rate_limit`
-    per-caller call rate and stream cap, `server_credentials` serve TLS instead of plaintext.
+    per-caller call rate and stream cap. `metrics_host` is where /metrics listens (plaintext, loopback
+    by default). `tls` serves TLS 1.3 only: the gRPC server binds a free loopback port and an nginx
+    front (NginxFront, started and stopped with the server) listens on host:port; `server.port` is
+    the front's. Without auth, rate limits key on the client address that a trusted proxy forwards
+    (`trusted_proxies`: addresses or CIDRs; the front itself is trusted), else on the peer's host.
+    Per-model health (grpc.health.v1 with the model's name) is published only without auth: health
+    needs no credentials, so with auth it would tell anyone which models exist.
+    `require_manifest` refuses every model folder without a sha256 manifest.json, at start-up and on
+    LoadModel (`mmfusion serve` turns it on; the Python default keeps unsigned folders loadable).
+    The audit chain is keyed (HMAC) by `audit_cipher`'s key store; `audit_fail_closed` ends a call
+    UNAVAILABLE when its event cannot be written (default: logged, counted, served); `audit_new_segment`
+    opens a log that no longer reaches its head checkpoint, with the loss on the record.
+
+    Threads: unary calls run on `max_workers` threads; streaming calls on a pool of their own, at most
+    `max_open_streams` at once (RESOURCE_EXHAUSTED beyond), so open streams never starve health,
+    listings or Inspect. A client stream must send its first message within `first_message_timeout_s`
+    and then one at least every `stream_idle_timeout_s` (DEADLINE_EXCEEDED otherwise); on stop, open
+    streams take no new messages, answer those they took and end UNAVAILABLE.
     """
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        raise ValueError(f"max_workers={max_workers!r}: expected a whole number of threads >= 1")
+    guard = StreamGuard(max_open_streams, first_message_timeout_s, stream_idle_timeout_s)  # checks its limits
     batching = BatchingConfig(max_batch_size, max_queue_delay_us, tuple(preferred_batch_sizes), max_queue_size)
     metrics = ServiceMetrics()
     cache = ResultCache(cache_bytes, sizeof=len)  # the cache holds serialized InspectionResults
-    manager = ModelManager(model_root, batching=batching, metrics=metrics)
+    manager = ModelManager(model_root, batching=batching, metrics=metrics, require_manifest=require_manifest)
     health_servicer = health.HealthServicer()
-    manager.add_listener(_on_model_change(health_servicer, manager, metrics, cache))
-    security = build_security(auth, policy_path, audit_path, rate_limit, audit_cipher, audit_fsync)
+    if tls is not None and find_nginx() is None:
+        raise OSError(
+            "TLS needs nginx for its TLS-1.3-only front (grpcio cannot refuse TLS 1.2); "
+            "install it (Debian: apt-get install nginx-light, or make system-deps)"
+        )
+    manager.add_listener(_on_model_change(health_servicer, manager, metrics, cache, per_model_health=auth is None))
+    proxies = TrustedProxies(trusted_proxies, front=tls is not None)
+    security = build_security(
+        auth,
+        policy_path,
+        audit_path,
+        rate_limit,
+        audit_cipher,
+        audit_fsync,
+        proxies=proxies or None,
+        audit_fail_closed=audit_fail_closed,
+        audit_new_segment=audit_new_segment,
+        metrics=metrics,
+    )
     if security is not None:
         manager.add_listener(security.on_model_change)
     try:
@@ -174,34 +244,36 @@ def build_server(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    interceptors = build_interceptors(security)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=interceptors
-    )
+    interceptors = [guard, *build_interceptors(security)]  # the guard outermost: it picks the call's thread pool
+    server = grpc.server(ReleasingExecutor(max_workers), options=options, interceptors=interceptors)
     servicer = InspectionServicer(manager, max_audio_bytes, metrics, cache, frozenset(no_cache_models))
     pb_grpc.add_InspectionServicer_to_server(servicer, server)
     add_kserve_to_server(manager, server, metrics)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (SERVICE_NAME, KSERVE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(services, server)
+    grpc_host, grpc_port = ("127.0.0.1", 0) if tls is not None else (host, port)  # behind the front: loopback only
+    front = None
     try:
-        address = f"{host}:{port}"
-        bound = (
-            server.add_secure_port(address, server_credentials)
-            if server_credentials is not None
-            else server.add_insecure_port(address)
-        )
+        bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
     except RuntimeError as error:
         bound, reason = 0, str(error)
     else:
         reason = "the address is in use or not available"
-    if bound == 0:
+    try:
+        if bound == 0:
+            raise OSError(f"cannot listen on {grpc_host}:{grpc_port}: {reason}")
+        if tls is not None:
+            front = NginxFront(
+                port, bound, tls.cert, tls.key, tls.client_ca, listen_address=host, max_body_bytes=max_message_bytes
+            )
+    except BaseException:
         manager.close(0)
         if security is not None:
             security.close()
-        raise OSError(f"cannot listen on {host}:{port}: {reason}")
+        raise
     return InspectionServer(
-        server, bound, manager, health_servicer, metrics, cache, metrics_port, host.strip("[]"), security
+        server, bound, manager, health_servicer, metrics, cache, metrics_port, metrics_host, security, front, guard
     )
 
 
@@ -212,9 +284,9 @@ def serve(
     grace: float = DEFAULT_GRACE_SECONDS,
     **options,
 ) -> int:
-    """Run until SIGTERM or SIGINT, then stop gracefully; with security on, SIGHUP re-reads keys and policy.
+    """Run until SIGTERM or SIGINT, then stop gracefully; SIGHUP re-reads keys, policy and TLS certificate files.
 
-    Returns the exit status (0).
+    Returns the exit status: 0, or 1 when the TLS front (nginx) died, which stops the server too.
     """
     server = build_server(models, port=port, host=host, **options).start()
     stop_requested, reload_requested = threading.Event(), threading.Event()
@@ -228,27 +300,39 @@ def serve(
         return handler
 
     handlers = {signal.SIGTERM: request(stop_requested), signal.SIGINT: request(stop_requested)}
-    if server.security is not None:
+    if server.security is not None or server.front is not None:
         handlers[signal.SIGHUP] = request(reload_requested)
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     loaded = ", ".join(server.models.loaded_names()) or "no models"
-    print(f"mmfusion: serving {loaded} on {host}:{server.port}", flush=True)
+    front = f" (TLS 1.3 only, nginx front; gRPC on 127.0.0.1:{server.grpc_port})" if server.front else ""
+    print(f"mmfusion: serving {loaded} on {host}:{server.port}{front}", flush=True)
     if server.metrics_port is not None:
-        print(f"mmfusion: metrics on http://{host}:{server.metrics_port}/metrics", flush=True)
+        metrics_host = options.get("metrics_host", "127.0.0.1")
+        print(f"mmfusion: metrics on http://{metrics_host}:{server.metrics_port}/metrics", flush=True)
+    status = 0
     try:
         while not stop_requested.is_set():
             wake.wait(0.5)
             wake.clear()
+            if server.front is not None and not server.front.running():
+                log = " ".join(server.front.error_log().split())[-400:] or "no log"
+                print(f"mmfusion: error: the TLS front (nginx) exited; stopping: {log}", file=sys.stderr, flush=True)
+                status = 1
+                break
             if reload_requested.is_set():
                 reload_requested.clear()
-                ok = server.reload_security()
-                print(
-                    f"mmfusion: {'reloaded' if ok else 'kept the previous'} keys and access policy",
-                    flush=True,
-                )
+                if server.security is not None:
+                    ok = server.reload_security()
+                    print(
+                        f"mmfusion: {'reloaded' if ok else 'kept the previous'} keys and access policy",
+                        flush=True,
+                    )
+                if server.front is not None:
+                    server.front.reload()
+                    print("mmfusion: the TLS front re-read its certificate files", flush=True)
     finally:
         server.stop(grace)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("mmfusion: server stopped", flush=True)
-    return 0
+    return status

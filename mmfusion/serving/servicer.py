@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -19,6 +20,7 @@ from mmfusion.serving.convert import (
     REPORT_HEAD_KINDS,
     decode_audio_bytes,
     image_from_proto,
+    images_from_proto,
     inputs_from_request,
     model_to_proto,
     prediction_to_proto,
@@ -27,9 +29,10 @@ from mmfusion.serving.dispatch import failed, run_on_model, timings
 from mmfusion.serving.errors import one_line, rpc_errors, status_of
 from mmfusion.serving.inspect_cache import InspectCache
 from mmfusion.serving.metrics import ServiceMetrics
-from mmfusion.serving.models import ModelEntry, ModelManager
+from mmfusion.serving.models import MissingModelName, ModelEntry, ModelManager
 from mmfusion.serving.report_stream import report_chunks
 from mmfusion.serving.scheduler import QueueFullError, SchedulerClosedError
+from mmfusion.serving.stream_limits import FrameGate, LimitExceeded, frame_gate
 from mmfusion.serving.streams import FrameSlot, FrameWork, StreamSession, StreamState
 from mmfusion.types import InputError, Inputs
 
@@ -80,10 +83,17 @@ class InspectionServicer(pb_grpc.InspectionServicer):
                     self.results.put(key, result)
                 return result
 
-    def _start_frame(self, stream: StreamState, frame: pb.Frame) -> FrameWork:
-        """Decode a frame and queue it on its model, dropping the stream's oldest unserved frames beyond its limit."""
+    def _start_frame(self, stream: StreamState, frame: pb.Frame, gate: FrameGate | None = None) -> FrameWork:
+        """Decode a frame and queue it on its model, dropping the stream's oldest unserved frames beyond its limit.
+
+        With a per-caller rate limit (`gate`), a frame over it is answered RESOURCE_EXHAUSTED, never computed.
+        """
         received = time.monotonic()
         entry = self.models.get(stream.model, stream.version)
+        refusal = gate() if gate is not None else None
+        if refusal is not None:
+            error = LimitExceeded(f"frame {frame.sequence_number} of stream {stream.stream_id!r}: {refusal}")
+            return FrameWork(failed(error), entry, received, received)
         try:
             image = image_from_proto(frame.image, "frame.image") if frame.HasField("image") else None
             inputs = Inputs(image=image, text=frame.text or None)
@@ -122,7 +132,8 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         return reply
 
     def StreamInspect(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.FrameResult]:
-        session = StreamSession(request_iterator, self._start_frame, next(self._calls))
+        start = functools.partial(self._start_frame, gate=frame_gate(context))
+        session = StreamSession(request_iterator, start, next(self._calls))
         context.add_callback(session.stop)
         with rpc_errors(context):
             try:
@@ -166,9 +177,10 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         self, entry: ModelEntry, data: bytes, first: pb.AudioChunk, received: float, context: grpc.ServicerContext
     ) -> pb.InspectionResult:
         from mmfusion.calls.decode import decode_call_audio
-        from mmfusion.serving.calls import call_to_proto, call_work
+        from mmfusion.serving.calls import call_to_proto, call_work, max_call_seconds
 
-        audio = decode_call_audio(data, first.encoding, first.sample_rate, first.channels, "audio")
+        limit = max_call_seconds(entry.pipeline)
+        audio = decode_call_audio(data, first.encoding, first.sample_rate, first.channels, "audio", limit)
         submitted = time.monotonic()
         outcome = run_on_model(entry, call_work(audio), context)
         result = call_to_proto(outcome.unwrap(), entry.name, entry.version)
@@ -183,7 +195,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             listed = ", ".join(f"{name}: {spec.name}" for name, spec in heads.items())
             if not report_heads:
                 raise NotImplementedError(f"model {entry.name!r} has no report head (its heads: {listed})")
-            images = [image_from_proto(image, f"images[{i}]") for i, image in enumerate(request.images)]
+            images = images_from_proto(request.images, "images")  # count and total size checked before decoding
             for image in images:  # checked here, off the model's thread
                 entry.pipeline.prepare(Inputs(image=image))
             with self.metrics.request(entry.name, entry.version):
@@ -211,13 +223,11 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     def LoadModel(self, request: pb.LoadModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         with rpc_errors(context):
             if not request.name:
-                raise InputError(f"name: empty; expected one of {', '.join(self.models.available_names())}")
+                raise MissingModelName("name: empty; expected one of ", self.models.available_names())
             return model_to_proto(self.models.load(request.name, backend=request.backend or None))
 
     def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         with rpc_errors(context):
             if not request.name:
-                raise InputError(
-                    f"name: empty; expected one of the loaded models {', '.join(self.models.loaded_names())}"
-                )
+                raise MissingModelName("name: empty; expected one of the loaded models ", self.models.loaded_names())
             return model_to_proto(self.models.unload(request.name))

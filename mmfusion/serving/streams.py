@@ -4,6 +4,11 @@ A reader thread checks each frame against its stream's protocol and hands it to 
 submits it to the model's scheduler (and drops that stream's oldest unserved frames there). The
 call's thread takes answers round-robin across streams, each stream strictly in sequence order;
 frames the scheduler dropped are reported in the skipped list of their stream's next answer.
+
+A call carries at most MAX_STREAMS_PER_CALL camera streams, with ids of at most MAX_STREAM_ID_CHARS
+(they label the stream metrics), and a client's max_pending_frames is clamped to MAX_PENDING_FRAMES.
+When the server ends the client's input early (a time limit, or shutdown), the frames already taken
+are answered before the call ends with that status.
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving.scheduler import FrameDroppedError
+from mmfusion.serving.stream_limits import LimitExceeded, StreamEnded
 from mmfusion.types import InputError
 
 DEFAULT_MAX_PENDING = 2
+MAX_PENDING_FRAMES = 8  # the server's cap on a stream's max_pending_frames (larger requests are clamped)
+MAX_STREAMS_PER_CALL = 16  # camera streams one call may carry
+MAX_STREAM_ID_CHARS = 128
 # frames of one stream started but not yet answered; beyond this the reader waits, which pushes back
 # on a client that sends without reading its answers (through gRPC flow control) instead of
 # holding ever more computed results in memory
@@ -101,16 +110,26 @@ def _dropped(slot: FrameSlot) -> bool:
 class StreamSession:
     """The camera streams of one call; iterate for (stream, slot, skipped sequence numbers) in order per stream."""
 
-    def __init__(self, frames: Iterable[pb.Frame], start: FrameStarter, call_id: int) -> None:
+    def __init__(
+        self,
+        frames: Iterable[pb.Frame],
+        start: FrameStarter,
+        call_id: int,
+        max_streams: int = MAX_STREAMS_PER_CALL,
+        max_pending: int = MAX_PENDING_FRAMES,
+    ) -> None:
         self._frames = frames
         self._start = start
         self._call_id = call_id
+        self._max_streams = max_streams
+        self._max_pending = max_pending
         self._streams: dict[str, StreamState] = {}
         self._order: deque[str] = deque()  # stream ids, rotated as answers are taken
         self._condition = threading.Condition()
         self._finished = False
         self._stopped = False
         self._error: Exception | None = None
+        self._ending: StreamEnded | None = None  # the server ended the input: raised once the answers are out
         self.seen_any = False
         self._reader = threading.Thread(target=self._read, name=f"stream-reader-{call_id}", daemon=True)
         self._reader.start()
@@ -125,8 +144,19 @@ class StreamSession:
         """Check a frame against its stream's protocol; create the stream on its first frame."""
         if not frame.stream_id:
             raise InputError(f"frame.stream_id: empty (sequence number {frame.sequence_number}); every frame needs one")
+        if len(frame.stream_id) > MAX_STREAM_ID_CHARS:
+            raise InputError(
+                f"frame.stream_id: {frame.stream_id[:32]!r}... has {len(frame.stream_id)} characters; "
+                f"expected at most {MAX_STREAM_ID_CHARS}"
+            )
         stream = self._streams.get(frame.stream_id)
         if stream is None:
+            if len(self._streams) >= self._max_streams:
+                raise LimitExceeded(
+                    f"frame.stream_id: {frame.stream_id!r} would be stream {len(self._streams) + 1} of this call; "
+                    f"expected at most {self._max_streams} streams per call (max_streams_per_call); "
+                    "open another call for more cameras"
+                )
             if not frame.model:
                 raise InputError(f"frame.model: empty on the first frame of stream {frame.stream_id!r}")
             options = frame.options
@@ -135,7 +165,7 @@ class StreamSession:
                 key=f"{self._call_id}/{frame.stream_id}",
                 model=frame.model,
                 version=frame.version,
-                max_pending=options.max_pending_frames or DEFAULT_MAX_PENDING,
+                max_pending=min(options.max_pending_frames or DEFAULT_MAX_PENDING, self._max_pending),
                 smoothing_window=options.smoothing_window,
                 last_sequence=-1,
                 smoothing_min_count=options.smoothing_min_count,
@@ -177,6 +207,10 @@ class StreamSession:
                 try:
                     frame = next(frames)
                 except StopIteration:
+                    return
+                except StreamEnded as ended:  # a time limit or shutdown: answer what was taken, then end
+                    with self._condition:
+                        self._ending = ended
                     return
                 except Exception:  # the client went away mid-call: nobody is left to answer
                     return
@@ -226,6 +260,8 @@ class StreamSession:
                     if taken is not None:
                         break
                     if self._finished and not any(stream.pending for stream in self._streams.values()):
+                        if self._ending is not None:
+                            raise self._ending
                         return
                     self._condition.wait()
             yield taken

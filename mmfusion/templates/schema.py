@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmfusion.config import ConfigError, format_validation_error
+from mmfusion.security.integrity import read_model_file
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "library"
 FILE_PATTERN = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<version>\d+)\.yaml$")
@@ -145,7 +146,7 @@ def read_template(path: str | Path) -> PromptTemplate:
     if not path.is_file():
         raise ConfigError(f"template {str(path)!r}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_model_file(path).decode("utf-8"))  # checked against a model folder's manifest
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     return parse_template(raw, str(path))

@@ -60,7 +60,7 @@ def test_fit_refuses_a_non_empty_out_folder(suite, model_dir, tmp_path, capsys):
 
 
 def test_calibrate_hits_the_requested_false_detection_rate(fitted, suite, tmp_path):
-    folder = tmp_path / "recalibrated"
+    folder = tmp_path / fitted.name  # a copy keeps the model's name, so it keeps the folder name
     shutil.copytree(fitted, folder)
     assert main(["calibrate", str(folder), "--val", str(suite["val"]), "--rule", "fdr", "--target-fdr", "0.25"]) == 0
     calibration = json.loads((folder / "fitted" / "anomaly" / "calibration.json").read_text())

@@ -17,7 +17,7 @@ from mmfusion.types import Embedding, Inputs
 
 
 def test_save_and_load_give_identical_scores_maps_and_boxes(model_dir, suite, tmp_path):
-    folder = tmp_path / "model"
+    folder = tmp_path / model_dir.name  # a model's name must match its folder
     shutil.copytree(model_dir, folder)
     pipeline = Pipeline(folder)
     head = pipeline.graph.heads["anomaly"]

@@ -93,7 +93,7 @@ def tiny_template(tmp_path_factory) -> Pipeline:
 @pytest.fixture()
 def model_copy(template_model, tmp_path) -> Path:
     folder = tmp_path / "pcb-template"
-    shutil.copytree(MODEL, folder)
+    shutil.copytree(MODEL, folder, ignore=shutil.ignore_patterns("manifest.json"))  # the tests rewrite fitted/
     return folder
 
 

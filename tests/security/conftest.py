@@ -13,13 +13,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
+from mmfusion.security.apikeys import MIN_SCRYPT_N
 from mmfusion.security.auth import AuthConfig, JwtConfig, hash_api_key
+from mmfusion.security.limits import FailureLimit
 from tests.test_pipeline import tiny_model
 
 JWT_SECRET = "a-test-secret-of-at-least-32-bytes-long!"
 AUDIENCE, ISSUER = "mmfusion-tests", "https://issuer.test"
 API_KEYS = {"operator": "key-operator-0123456789", "analyst": "key-analyst-0123456789", "admin": "key-admin-0123"}
-CHEAP_SCRYPT_N = 2**10  # stored hashes carry their own cost; tests use a cheap one to stay fast
+CHEAP_SCRYPT_N = MIN_SCRYPT_N  # stored hashes carry their own cost; tests use the cheapest the server accepts
+ROOMY_FAILURES = FailureLimit(10_000)  # test servers see many failed logins from 127.0.0.1 on purpose
 POLICY = {
     "roles": {
         "operator": {"rpcs": ["Inspect", "StreamInspect", "ListModels", "GetModel"], "models": ["pcb-*"]},
@@ -44,6 +47,7 @@ def write_keys(path: Path, keys: dict[str, str]) -> Path:
         {"id": f"{role}-key", "role": role, "hash": hash_api_key(key, n=CHEAP_SCRYPT_N)} for role, key in keys.items()
     ]
     path.write_text(yaml.safe_dump({"keys": entries}))
+    path.chmod(0o600)  # key files that other users can read are refused
     return path
 
 
@@ -101,7 +105,7 @@ def security_models(tmp_path_factory) -> Path:
 
 def auth_config(files: dict[str, Path]) -> AuthConfig:
     jwt_config = JwtConfig(JWT_SECRET, files["public"].read_text(), audience=AUDIENCE, issuer=ISSUER)
-    return AuthConfig(files["keys"], jwt_config)
+    return AuthConfig(files["keys"], jwt_config, failure_limit=ROOMY_FAILURES)
 
 
 class Channel:

@@ -97,6 +97,7 @@ def test_yaml_key_file(tmp_path):
     key = base64.b64encode(os.urandom(KEY_BYTES)).decode()
     path = tmp_path / "keys.yaml"
     path.write_text(f"active: prod-1\nkeys:\n  prod-1: {key}\n")
+    path.chmod(0o600)  # key files that other users can read are refused
     assert KeyStore.from_file(path).keys["prod-1"] == base64.b64decode(key)
 
 
@@ -112,6 +113,7 @@ def test_yaml_key_file(tmp_path):
 def test_bad_key_files_say_what_is_wrong(tmp_path, document, message):
     path = tmp_path / "keys.json"
     path.write_text(json.dumps(document))
+    path.chmod(0o600)
     with pytest.raises(CryptoError, match=message):
         KeyStore.from_file(path)
 

@@ -1,7 +1,8 @@
-"""TLS on real loopback servers: the TLS-1.3-only nginx front, mutual TLS, direct gRPC TLS, dev certificates."""
+"""TLS on real loopback servers: the TLS-1.3-only nginx front (alone and started by build_server), mutual TLS, certs."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import socket
 import ssl
@@ -22,11 +23,11 @@ from mmfusion.proto import inspection_pb2_grpc as pb_grpc
 from mmfusion.security.tls import (
     NGINX_TEMPLATE,
     NginxFront,
+    TlsFiles,
     channel_credentials,
     find_nginx,
     make_dev_certificates,
     render_nginx_config,
-    server_credentials,
 )
 from mmfusion.serving import build_server
 from mmfusion.types import InputError
@@ -98,12 +99,36 @@ def server(model):
 
 @pytest.fixture(scope="module")
 def tls_server(model, certs):
-    """The service with direct gRPC TLS (build_server's server_credentials), plus a mutual-TLS port on it."""
-    running = build_server([model], port=0, server_credentials=server_credentials(certs.server_cert, certs.server_key))
-    mutual = server_credentials(certs.server_cert, certs.server_key, client_ca=certs.ca_cert)
-    running.mtls_port = running.grpc_server.add_secure_port("127.0.0.1:0", mutual)
-    with running:
+    """The service with TLS (build_server's tls): gRPC on a loopback port, its own nginx front on `port`."""
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed (run `make system-deps` as root, or apt-get install nginx-light)")
+    with build_server([model], port=0, tls=TlsFiles.checked(certs.server_cert, certs.server_key)) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def mtls_server(model, certs):
+    """The service with mutual TLS through its own front: clients need a certificate the CA signed."""
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed (run `make system-deps` as root, or apt-get install nginx-light)")
+    tls = TlsFiles.checked(certs.server_cert, certs.server_key, certs.ca_cert)
+    with build_server([model], port=0, tls=tls) as running:
+        yield running
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on port (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+                ip = ipaddress.ip_address(words)
+                found.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # grpc binds IPv4 as ::ffff:a.b.c.d
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +171,7 @@ def test_bad_inputs_name_the_flag(certs, tmp_path):
     with pytest.raises(InputError, match="listen_port 0: expected a TCP port"):
         render_nginx_config(0, 50051, certs.server_cert, certs.server_key, workdir=tmp_path)
     with pytest.raises(InputError, match="--tls-key .*missing.key: cannot read"):
-        server_credentials(certs.server_cert, tmp_path / "missing.key")
+        TlsFiles.checked(certs.server_cert, tmp_path / "missing.key")
     (tmp_path / "notes.txt").write_text("not a certificate")
     with pytest.raises(InputError, match="--client-ca .*notes.txt: not a PEM file"):
         render_nginx_config(8443, 50051, certs.server_cert, certs.server_key, tmp_path / "notes.txt", tmp_path)
@@ -257,50 +282,71 @@ def test_front_that_cannot_listen_reports_nginx_error(server, certs, tmp_path):
                 front.stop()
 
 
-def test_direct_grpc_tls_serves_and_prefers_tls13(tls_server, certs):
+def test_tls_server_is_tls13_only_and_grpc_stays_on_loopback(tls_server, certs):
+    assert tls_server.front is not None and tls_server.port == tls_server.front.port != tls_server.grpc_port
+    assert listening_addresses(tls_server.grpc_port) == {"127.0.0.1"}  # plaintext gRPC only behind the front
     with inspection_stub(tls_server.port, channel_credentials(certs.ca_cert)) as stub:
         assert inspect_red(stub).verdict == "red"
     assert handshake(tls_server.port, certs.ca_cert) == "TLSv1.3"
-    # grpcio 1.85 server credentials have no minimum version: TLS 1.2 is still accepted here, which is
-    # why deployments that must be TLS-1.3-only use the nginx front. If this starts failing, grpcio
-    # gained a minimum-version control: direct TLS can then be made 1.3-only and this test inverted.
-    assert handshake(tls_server.port, certs.ca_cert, maximum=ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    # grpcio's own TLS would accept this client (it has no minimum version); the front refuses it
+    with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
+        handshake(tls_server.port, certs.ca_cert, maximum=ssl.TLSVersion.TLSv1_2)
 
 
-def test_direct_mutual_tls_requires_a_client_cert(tls_server, certs, other_certs):
-    with inspection_stub(tls_server.mtls_port, channel_credentials(certs.ca_cert)) as stub:
+@needs_openssl
+def test_tls_server_refuses_openssl_tls12(tls_server, certs):
+    legacy = s_client(tls_server.port, certs.ca_cert, "-tls1_2")
+    assert legacy.returncode != 0 and "alert protocol version" in legacy.stderr.decode()
+    assert s_client(tls_server.port, certs.ca_cert, "-tls1_3").returncode == 0
+
+
+def test_tls_server_stops_its_front(model, certs):
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed (run `make system-deps` as root, or apt-get install nginx-light)")
+    server = build_server([model], port=0, tls=TlsFiles.checked(certs.server_cert, certs.server_key)).start()
+    front = server.front
+    assert front.running() and listening_addresses(server.port)
+    server.stop(grace=0)
+    assert not front.running() and not listening_addresses(server.port)
+
+
+def test_mutual_tls_server_requires_a_client_cert(mtls_server, certs, other_certs):
+    with inspection_stub(mtls_server.port, channel_credentials(certs.ca_cert)) as stub:
         with pytest.raises(grpc.RpcError) as anonymous:
             inspect_red(stub)
-    assert anonymous.value.code() == grpc.StatusCode.UNAVAILABLE
     foreign = channel_credentials(certs.ca_cert, other_certs.client_cert, other_certs.client_key)
-    with inspection_stub(tls_server.mtls_port, foreign) as stub:
+    with inspection_stub(mtls_server.port, foreign) as stub:
         with pytest.raises(grpc.RpcError) as intruder:
             inspect_red(stub)
-    assert intruder.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert anonymous.value.code() != grpc.StatusCode.OK and intruder.value.code() != grpc.StatusCode.OK
     with inspection_stub(
-        tls_server.mtls_port, channel_credentials(certs.ca_cert, certs.client_cert, certs.client_key)
+        mtls_server.port, channel_credentials(certs.ca_cert, certs.client_cert, certs.client_key)
     ) as stub:
         assert inspect_red(stub).verdict == "red"
 
 
-def test_direct_tls_picks_up_rotated_files_without_restart(model, tmp_path):
-    old = make_dev_certificates(tmp_path / "old")
-    new = make_dev_certificates(tmp_path / "new")
-    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
-    shutil.copy(old.server_cert, live_cert)
-    shutil.copy(old.server_key, live_key)
-    credentials = server_credentials(live_cert, live_key)
-    with build_server([model], port=0, server_credentials=credentials) as running:
-        assert handshake(running.port, old.ca_cert) == "TLSv1.3"
-        shutil.copy(new.server_cert, live_cert)  # a half-done rotation: the new cert with the old key
-        assert handshake(running.port, old.ca_cert) == "TLSv1.3"  # still the old, whole pair
-        shutil.copy(new.server_key, live_key)
-        with inspection_stub(running.port, channel_credentials(new.ca_cert)) as stub:
-            assert inspect_red(stub).verdict == "red"
-        with pytest.raises(ssl.SSLCertVerificationError):
-            handshake(running.port, old.ca_cert)
+def test_tls_without_nginx_is_refused_not_served_in_process(model, certs, monkeypatch):
+    from mmfusion.serving import server as server_module
+
+    monkeypatch.setattr(server_module, "find_nginx", lambda: None)
+    with pytest.raises(OSError, match="TLS needs nginx for its TLS-1.3-only front .*apt-get install nginx-light"):
+        build_server([model], port=0, tls=TlsFiles.checked(certs.server_cert, certs.server_key))
 
 
-def test_server_credentials_refuse_a_key_of_another_cert(certs, other_certs):
+def test_front_config_listens_on_ipv6_wildcards_and_forwards_the_client(certs, tmp_path):
+    text = render_nginx_config(8443, 50051, certs.server_cert, certs.server_key, None, tmp_path, "[::]").read_text()
+    assert "listen [::]:8443 ssl http2 ipv6only=off;" in text
+    assert "grpc_set_header X-Real-IP $remote_addr;" in text
+    assert "grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in text
+    assert (
+        "listen [::1]:8443 ssl http2;"
+        in render_nginx_config(8443, 50051, certs.server_cert, certs.server_key, None, tmp_path, "::1").read_text()
+    )
+    injected = "127.0.0.1:1; include /etc/passwd"
+    with pytest.raises(InputError, match=f"--host '{injected}': expected an IP address"):
+        render_nginx_config(8443, 50051, certs.server_cert, certs.server_key, None, tmp_path, injected)
+
+
+def test_tls_files_refuse_a_key_of_another_cert(certs, other_certs):
     with pytest.raises(InputError, match="--tls-key: does not belong to the first certificate in --tls-cert"):
-        server_credentials(certs.server_cert, other_certs.server_key)
+        TlsFiles.checked(certs.server_cert, other_certs.server_key)

@@ -430,7 +430,7 @@ def test_concurrent_requests_match_one_at_a_time_predictions(server, client):
         assert one.outputs["colour"]["scores"] == pytest.approx(dict(other), abs=1e-5)
 
 
-def test_graceful_stop_lets_an_open_stream_finish(model_root):
+def test_graceful_stop_refuses_new_calls_and_ends_open_streams(model_root):
     running = build_server(["tiny"], port=0, model_root=model_root).start()
     release = threading.Event()
 
@@ -448,9 +448,10 @@ def test_graceful_stop_lets_an_open_stream_finish(model_root):
         with pytest.raises(ServerError) as raised:  # no new calls once stopping
             client.inspect("tiny", text="new call")
         assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(ServerError) as ended:  # an open stream takes no new frame once stopping (issue 19 #16)
+            next(results)
+        assert ended.value.code == grpc.StatusCode.UNAVAILABLE and "server shutting down" in str(ended.value)
         release.set()
-        assert next(results).result.verdict == "blue"  # the call in flight is still served
-        assert list(results) == []
         started = time.monotonic()
         stopping.join(10)
     assert time.monotonic() - started < 5 and not stopping.is_alive()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import cv2
@@ -54,7 +55,9 @@ def write_config(folder: Path, encoders: dict, labels: list[str], name: str | No
 
 
 def text_model(folder: Path, bert: Path) -> Path:
-    encoders = {"text": {"name": "text.hf", "params": {"path": str(bert), "max_length": 16}}}
+    """A text model folder holding a copy of `bert` (a config's paths stay inside its model folder)."""
+    shutil.copytree(bert, folder / "bert", dirs_exist_ok=True)
+    encoders = {"text": {"name": "text.hf", "params": {"path": "bert", "max_length": 16}}}
     return write_config(folder, encoders, ["fault", "ok"])
 
 

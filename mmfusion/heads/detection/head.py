@@ -134,11 +134,11 @@ class DetectionHead(Head):
 
     def load_fitted(self, folder: Path) -> None:
         """Load what save_fitted wrote; ConfigError when the types or stride differ from this config's."""
-        from mmfusion.security.integrity import safe_torch_load
+        from mmfusion.security.integrity import read_model_file, safe_torch_load
 
         folder = Path(folder)
         calibration_path = folder / CALIBRATION_FILE
-        document = json.loads(calibration_path.read_text()) if calibration_path.is_file() else {}
+        document = json.loads(read_model_file(calibration_path)) if calibration_path.is_file() else {}
         if document.get("types", self.types) != self.types:
             raise ConfigError(
                 f"{calibration_path}: types {document['types']} differ from the config's labels {self.types}"

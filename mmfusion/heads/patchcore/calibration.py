@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfusion.config import ConfigError
+from mmfusion.security.integrity import IntegrityError, read_model_file
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -50,6 +51,8 @@ class Calibration:
         """Read calibration.json; ConfigError naming the file when it is missing or malformed."""
         path = Path(folder) / CALIBRATION_FILE
         try:
-            return cls(**json.loads(path.read_text()))
+            return cls(**json.loads(read_model_file(path)))
+        except IntegrityError:
+            raise
         except (OSError, ValueError, TypeError) as error:
             raise ConfigError(f"{path}: not a readable calibration ({error}); run mmfusion calibrate") from None

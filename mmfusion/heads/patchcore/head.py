@@ -16,6 +16,7 @@ from mmfusion.heads.patchcore.calibration import Calibration
 from mmfusion.heads.patchcore.localisation import boxes_from_map, canvas_map, content_map, to_image_size
 from mmfusion.heads.patchcore.memory_bank import MemoryBank
 from mmfusion.registry import HEADS
+from mmfusion.security.integrity import IntegrityError, read_model_file
 from mmfusion.types import Embedding
 
 META_FILE = "meta.json"
@@ -133,8 +134,10 @@ class PatchCoreHead(Head):
         """Read what `save_fitted` wrote; ConfigError naming the file when it does not fit this head."""
         folder = Path(folder)
         try:
-            meta = json.loads((folder / META_FILE).read_text())
+            meta = json.loads(read_model_file(folder / META_FILE))
             canvas = int(meta["image_size"])
+        except IntegrityError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ConfigError(f"{folder / META_FILE}: not a readable fitted-head description ({error})") from None
         bank = MemoryBank.load(folder)

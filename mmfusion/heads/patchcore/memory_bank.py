@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mmfusion.config import ConfigError
+from mmfusion.security.integrity import IntegrityError, read_model_file
 
 BANK_FILE = "memory_bank.npy"
 MAX_CHUNK_ELEMENTS = 2**25  # query-by-bank distances held at once (128 MB of float32)
@@ -61,7 +63,9 @@ class MemoryBank:
         """Read a bank written by `save`; ConfigError naming the file when it is missing or unreadable."""
         path = Path(folder) / BANK_FILE
         try:
-            features = np.load(path, allow_pickle=False)
+            features = np.load(io.BytesIO(read_model_file(path)), allow_pickle=False)
+        except IntegrityError:
+            raise
         except (OSError, ValueError) as error:
             raise ConfigError(f"{path}: not a readable memory bank ({error}); refit the model") from None
         return cls(features)

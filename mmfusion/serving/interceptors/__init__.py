@@ -40,8 +40,11 @@ __all__ = [
 # credentials) runs through the chain in this order, the first outermost:
 #   request id     starts the call's record; echoes `x-request-id` (initial metadata) before anything aborts,
 #   audit          appends the call's event once it ended, with the status of whichever layer ended it,
-#   authentication UNAUTHENTICATED with one generic message; the caller is current during unary calls,
-#   rate limit     the caller's token bucket (the peer's host without auth): RESOURCE_EXHAUSTED + `retry-after-ms`,
+#   authentication UNAUTHENTICATED with one generic message; the caller is current during unary calls;
+#                  a client address over its failed-authentication budget: RESOURCE_EXHAUSTED + `retry-after-ms`
+#                  before its credential is checked (an API key verified before still passes),
+#   rate limit     the caller's token bucket (without auth: the client's address, as a trusted proxy forwards it,
+#                  else the peer's host): RESOURCE_EXHAUSTED + `retry-after-ms`,
 #   RPC permission the role's RPC patterns: PERMISSION_DENIED,
 #   stream limit   a stream slot of the caller while a streaming call runs: RESOURCE_EXHAUSTED,
 #   models         the model each request message names (a client stream's first message before the
@@ -56,12 +59,12 @@ def build_interceptors(security: ServerSecurity | None) -> list[CallInterceptor]
     chain: list[CallInterceptor] = [RequestIdInterceptor()]
     if security.audit is not None:
         chain.append(AuditInterceptor(security))
-    chain.append(AuthInterceptor(security.auth))  # also without auth: an anonymous caller loads models
+    chain.append(AuthInterceptor(security.auth, security.proxies))  # also without auth: anonymous callers load models
     if security.buckets is not None:
-        chain.append(RateLimitInterceptor(security.rate_limit, security.buckets, authenticated))
+        chain.append(RateLimitInterceptor(security.rate_limit, security.buckets, authenticated, security.proxies))
     if security.policy is not None:
         chain.append(RpcPermissionInterceptor(security.policy))
     if security.streams is not None:
-        chain.append(StreamLimitInterceptor(security.streams, authenticated))
+        chain.append(StreamLimitInterceptor(security.streams, authenticated, security.proxies))
     chain.append(ModelInterceptor(security.policy))  # also without a policy: notes each call's model and input
     return chain

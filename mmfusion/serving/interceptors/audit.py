@@ -13,11 +13,13 @@ from tritonclient.grpc import service_pb2 as kpb
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.serving.interceptors.call import CallInterceptor, CallRecord, close
 from mmfusion.serving.interceptors.rbac import LISTINGS
+from mmfusion.serving.interceptors.security import AuditUnavailable
 
 if TYPE_CHECKING:
     from mmfusion.serving.interceptors.security import ServerSecurity
 
 MAX_RESULT_CHARS = 200
+UNAUDITED = "the audit log cannot be written and this server is fail-closed: the call was refused; retry later"
 
 
 def summarize(responses: list) -> str:
@@ -48,9 +50,19 @@ class AuditInterceptor(CallInterceptor):
 
     # Outside authentication, limits and RBAC, so that the calls they abort are audited with the
     # status and message they aborted with (context.abort leaves both on the context).
+    # Fail-closed (--audit-fail-closed): a call starts only while the log can take records, and a call
+    # whose event is not written ends UNAVAILABLE (a unary response is withheld; a stream that already
+    # sent its responses ends with that status). Calls that failed anyway keep their own status.
 
     def __init__(self, security: ServerSecurity) -> None:
         self.security = security
+
+    def begin(self, call: CallRecord, context: grpc.ServicerContext) -> None:
+        """Fail-closed: refuse the call UNAVAILABLE before it runs when the audit log cannot take records."""
+        try:
+            self.security.check_audit()
+        except AuditUnavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, UNAUDITED)
 
     def unary(self, call: CallRecord, context: grpc.ServicerContext, invoke: Callable[[], Any]) -> Any:
         """Audit a call that returns one response."""
@@ -59,7 +71,7 @@ class AuditInterceptor(CallInterceptor):
         except BaseException as error:
             self.failed(call, context, error)
             raise
-        self.finish(call, context, summarize([response]))
+        self.succeeded(call, context, summarize([response]))
         return response
 
     def stream(self, call: CallRecord, context: grpc.ServicerContext, invoke: Callable[[], Iterator]) -> Iterator:
@@ -75,7 +87,14 @@ class AuditInterceptor(CallInterceptor):
             raise
         finally:
             close(responses)
-        self.finish(call, context, summarize(seen))
+        self.succeeded(call, context, summarize(seen))
+
+    def succeeded(self, call: CallRecord, context: grpc.ServicerContext, result: str) -> None:
+        """Audit a call that ran to its end; fail-closed, a call whose event is not written ends UNAVAILABLE."""
+        try:
+            self.finish(call, context, result, enforce=True)
+        except AuditUnavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, UNAUDITED)
 
     def failed(self, call: CallRecord, context: grpc.ServicerContext, error: BaseException) -> None:
         """Audit a call that raised (an abort carries its status; a cancellation is CANCELLED; else UNKNOWN)."""
@@ -93,6 +112,7 @@ class AuditInterceptor(CallInterceptor):
         result: str,
         code: grpc.StatusCode | None = None,
         message: str = "",
+        enforce: bool = False,
     ) -> None:
         """Append the call's audit event; its status and message from the context unless given."""
         if call.done:
@@ -117,5 +137,6 @@ class AuditInterceptor(CallInterceptor):
                 "result": result,
                 "status": code.name,
                 "latency_ms": round((time.monotonic() - call.started) * 1000.0, 3),
-            }
+            },
+            enforce=enforce,
         )

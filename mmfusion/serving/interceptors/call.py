@@ -46,6 +46,7 @@ class CallRecord:
     messages: int = 0
     limit_key: str = ""  # whose bucket and stream slots: the caller id, or the peer address without auth
     denied: PermissionDenied | None = None
+    visible: Callable[[str], bool] | None = None  # the model names error messages may show the caller; None: all
     done: bool = False
 
     @property

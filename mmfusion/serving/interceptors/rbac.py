@@ -75,6 +75,12 @@ class ModelInterceptor(CallInterceptor):
     def __init__(self, policy: PolicyStore | None) -> None:
         self.policy = policy
 
+    def begin(self, call: CallRecord, context: grpc.ServicerContext) -> None:
+        """Error messages that list models name only those the caller's role may use (serving/errors.py)."""
+        if self.policy is not None:
+            policy, role = self.policy, call.caller.role
+            call.visible = lambda model: policy.policy.allows_model(role, model)
+
     def check(self, call: CallRecord, message) -> None:
         """Hash a request message and check the model it names; raises PermissionDenied."""
         call.hash_message(message)

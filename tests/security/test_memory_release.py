@@ -1,0 +1,95 @@
+"""Freed memory goes back to the OS: RSS falls back after a burst of large requests, and after model unloads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from mmfusion.media import decode_image
+from mmfusion.proto import inspection_pb2 as pb
+from mmfusion.serving import build_server
+from mmfusion.serving.memory import MALLOC_TRIM, RELEASER
+from mmfusion.serving.models import ModelManager
+from tests.security.conftest import Channel, named_tiny_model
+
+pytestmark = pytest.mark.skipif(MALLOC_TRIM is None, reason="needs glibc's malloc_trim")
+MB = 2**20
+FRAMES = 60  # 1 MP each: 180 MB decoded per request, within the request limits
+BURST = 4  # requests at once
+MARGIN = 120 * MB  # what RSS may stay above where it was before the large requests
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _frame() -> pb.Image:
+    return pb.Image(data=cv2.imencode(".png", np.zeros((1000, 1000, 3), np.uint8))[1].tobytes())  # 1 MP, ~4 KB
+
+
+def _settled(limit: float, above: int) -> int:
+    """RSS once it is within `above` bytes of where it should be, or after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while rss() > above and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return rss()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    named_tiny_model(root / "pcb-a")
+    return root
+
+
+def test_rss_falls_back_after_a_burst_of_large_requests(models):
+    server = build_server(["pcb-a"], model_root=models, max_workers=4).start()
+    channel = Channel(server.port)
+    request = pb.InspectRequest(model="pcb-a", frames=[_frame()] * FRAMES)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:  # decoded, then refused: the model reads no video
+            channel.inspection.Inspect(request, timeout=60)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        RELEASER.trim()
+        before, trims = rss(), RELEASER.trims
+        futures = [channel.inspection.Inspect.future(request, timeout=60) for _ in range(BURST)]
+        codes = [future.exception().code() for future in futures]
+        assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * BURST
+        after = _settled(limit=5.0, above=before + MARGIN // 2)
+        assert after - before < MARGIN, f"RSS {before / MB:.0f} MB -> {after / MB:.0f} MB after the burst"
+        assert RELEASER.trims > trims
+    finally:
+        channel.close()
+        server.stop(grace=1.0)
+
+
+def _decode_frames(count: int) -> None:
+    """What serving a large request leaves in a worker thread's malloc arena: many medium blocks, freed."""
+    data = _frame().data
+    frames = [decode_image(data) for _ in range(count)]
+    del frames
+
+
+def test_unloading_models_gives_memory_back(models):
+    manager = ModelManager(models)
+    manager.load("pcb-a")
+    manager.unload("pcb-a", 0.1)  # the first load imports and caches for good
+    RELEASER.trim()
+    before = rss()
+    for _ in range(2):
+        manager.load("pcb-a")
+        worker = threading.Thread(target=_decode_frames, args=(2 * FRAMES,))
+        worker.start()
+        worker.join()
+        held = rss()  # freed, but still the process's until someone trims
+        manager.unload("pcb-a", 0.1)
+        after = rss()
+        assert held - before > MARGIN // 2, "the decoded frames never reached the heap: nothing to give back"
+        assert after - before < MARGIN // 2, f"RSS {before / MB:.0f} -> {held / MB:.0f} -> {after / MB:.0f} MB"
