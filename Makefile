@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup clean system-deps
+.PHONY: run test lint setup clean system-deps exports
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): setup.py pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/mmfusion demo
+
+# backend: auto models build their ONNX export into ~/.cache/mmfusion/exports on first load; this builds them now.
+exports: $(STAMP)
+	for model in pcb-inspect defect-anomaly defect-report; do $(BIN)/mmfusion describe $$model | grep backend; done
 
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q --durations=15

@@ -141,7 +141,10 @@ BACKEND_PRECISIONS = {
     "torch": ("fp32", "fp16", "bf16"),
     "onnxruntime": ("fp32", "fp16", "int8"),
     "tensorrt": PRECISIONS,
+    "auto": ("fp32",),
 }
+AUTO_BACKEND = "auto"
+"""`backend: auto`: onnxruntime on the model's export (its folder's or one built into the cache), else torch."""
 
 
 class RuntimeSpec(BaseModel):
@@ -166,7 +169,7 @@ class RuntimeSpec(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known(cls, name: str) -> str:
-        return _check_name(BACKENDS, name)
+        return name if name == AUTO_BACKEND else _check_name(BACKENDS, name)
 
     @model_validator(mode="after")
     def _consistent(self) -> RuntimeSpec:
@@ -188,6 +191,47 @@ class RuntimeSpec(BaseModel):
         return self
 
 
+class QueuePolicySpec(BaseModel):
+    """`serving.queue_policy`: how many requests may wait and how long a request may wait in the queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_queue_size: int | None = Field(default=None, ge=1)
+    """Requests waiting before RESOURCE_EXHAUSTED; None: --max-queue-size, else 256."""
+    default_timeout_us: int | None = Field(default=None, ge=1)
+    """A request still queued this long is dropped DEADLINE_EXCEEDED uncomputed; None: only the client's deadline."""
+    allow_timeout_override: bool = True
+    """True: a client deadline replaces default_timeout_us; False: the shorter of the two applies."""
+
+
+class ServingSpec(BaseModel):
+    """The `serving:` block: the model's dynamic batching, instances and queue policy; unset fields use defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=65536)
+    """Requests per backend call; None: --max-batch-size, else 8."""
+    max_queue_delay_us: int | None = Field(default=None, ge=0, le=60_000_000)
+    """Longest wait for a batch to fill, in microseconds; None: --max-queue-delay-us, else 2000."""
+    preferred_batch_sizes: list[int] | None = None
+    """Dispatch at once when this many wait; each in 1..max_batch_size; None: --preferred-batch-size, else none."""
+    instances: int = Field(default=1, ge=1, le=64)
+    """Copies of the model (each a Pipeline of its own, in memory N times) that run batches side by side."""
+    queue_policy: QueuePolicySpec = Field(default_factory=QueuePolicySpec)
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _fit_batch(cls, sizes: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if sizes is None:
+            return None
+        largest = info.data.get("max_batch_size")
+        bad = [size for size in sizes if size < 1 or (largest is not None and size > largest)]
+        if bad:
+            bound = f"1..max_batch_size ({largest})" if largest is not None else ">= 1"
+            raise ValueError(f"sizes {bad} are out of range; expected sizes in {bound}")
+        return sorted(set(sizes), reverse=True)
+
+
 class PipelineConfig(BaseModel):
     """One pipeline: encoders per modality -> fusion -> named heads."""
 
@@ -201,6 +245,7 @@ class PipelineConfig(BaseModel):
     heads: dict[str, HeadSpec]
     seed: int = 0
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
 
     @field_validator("encoders")
     @classmethod

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-
-from tqdm import tqdm
 
 from mmfusion.config import RuntimeSpec
 from mmfusion.pipeline import Pipeline
+from mmfusion.repository.export_build import build_export
 from mmfusion.repository.exports import export_dir
 from mmfusion.runtime import quantize
-from mmfusion.runtime.export import DEFAULT_BATCH_SIZES, OPSET, check_export_request, export_group
-from mmfusion.runtime.exported import ExportInfo, exporter_versions, publish, seal, staging_dir
+from mmfusion.runtime.export import DEFAULT_BATCH_SIZES, check_export_request
 from mmfusion.runtime.specs import default_groups, parse_groups
 from mmfusion.security.integrity import MANIFEST_NAME, write_manifest
 
@@ -57,27 +54,10 @@ def export_model(
     # static INT8 and TensorRT calibrate on the image graph's inputs, preprocessed by the pipeline itself
     batches = list(quantize.calibration_batches(pipeline, rows)) if rows is not None else None
     destination = export_dir(pipeline.model_dir, pipeline.version, kind)
-    staging = staging_dir(destination)
-    try:
-        graphs = {}
-        steps = tqdm(keys, desc=f"export {pipeline.name} {kind} {precision}", unit="graph", disable=not progress)
-        for key in steps:
-            graphs[key] = export_group(pipeline.name, graph, key, kind, precision, batches, batch_sizes, staging)
-        info = ExportInfo(
-            model=pipeline.name,
-            version=pipeline.version,
-            kind=kind,
-            precision=precision,
-            batch_sizes=tuple(batch_sizes),
-            graphs=graphs,
-            calibration=calibration_info,
-            exporter=exporter_versions(),
-            opset=OPSET,
-        )
-        seal(staging, info)
-        publish(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    build_export(
+        pipeline.name, pipeline.version, graph, keys, destination, kind, precision, batches, batch_sizes,
+        calibration_info, progress,
+    )  # fmt: skip
     pipeline.close()
     _refresh_model_manifest(pipeline.model_dir, destination)
     return destination

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,36 @@ from mmfusion.graph import PipelineGraph, input_name, output_name
 from mmfusion.media import check_audio, check_image, decode_audio, decode_image
 from mmfusion.parts import load_all
 from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS
-from mmfusion.repository.exports import load_backend
+from mmfusion.repository.auto_backend import AUTO, choose_backend
 from mmfusion.repository.folder import fitted_dir, resolve_model_dir, verified_model_folder
 from mmfusion.repository.versions import load_version_config, load_version_weights, version_folder
 from mmfusion.runtime.recheck import Fp32Recheck
 from mmfusion.security.integrity import read_model_file
 from mmfusion.types import InputError, Inputs, Modality, Prediction
+
+EARLY_MODALITIES = frozenset({Modality.IMAGE})
+"""Modalities preprocessed per item by `Pipeline.ready` (numpy/OpenCV: thread safe, releases the GIL)."""
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class Ready(Inputs):
+    """Inputs from `Pipeline.ready`: decoded and checked, with its early modalities' arrays (batch of one)."""
+
+    arrays: dict[Modality, Arrays] = field(default_factory=dict)
+
+
+def _joined(parts: list[Arrays | None]) -> Arrays | None:
+    """Per-item arrays concatenated along the batch axis; None unless every item has them in one layout."""
+    if not parts or any(part is None for part in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    layouts = {tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in part.items())) for part in parts}
+    if len(layouts) != 1:
+        return None
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def build_graph(model_dir: str | Path, config: PipelineConfig | None = None) -> PipelineGraph:
@@ -101,8 +125,8 @@ class Pipeline:
         require_manifest: bool = False,
     ) -> None:
         load_all()
-        if isinstance(backend, str) and backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r} is not known; allowed: {', '.join(BACKENDS.names())}")
+        if isinstance(backend, str) and backend != AUTO and backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r} is not known; allowed: {', '.join([AUTO, *BACKENDS.names()])}")
         self.model_dir = resolve_model_dir(model_dir)
         with verified_model_folder(self.model_dir, require_manifest) as verified:
             self.verified = verified  # the manifest it was loaded under: files read later are checked against it
@@ -118,8 +142,9 @@ class Pipeline:
             if self.version_dir is not None:
                 load_version_weights(self.graph, self.version_dir)
             runtime = runtime_for(self.config, backend)
-            self.backend = load_backend(self.model_dir, runtime, self.version, self.graph)
-        self.recheck = Fp32Recheck(self.graph, runtime, self.backend.precision)
+            choice = choose_backend(self.model_dir, runtime, self.version, self.graph, self.name)
+            self.backend, self.backend_choice = choice.backend, choice.reason  # which backend and why
+        self.recheck = Fp32Recheck(self.graph, self.backend.runtime, self.backend.precision)
 
     @property
     def version(self) -> int:
@@ -137,16 +162,33 @@ class Pipeline:
     def encoder(self, modality: Modality) -> Encoder:
         return self.graph.encoders[modality.value]
 
-    def _preprocess(self, batch: list[Inputs]) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {}
+    def _encode_inputs(self, modality: Modality, batch: list[Inputs]) -> Arrays:
+        """One modality's encoder preprocessing of a batch."""
+        encoder = self.encoder(modality)
+        items = [getattr(item, modality.value) for item in batch]
+        if encoder.uses_reference:
+            items = [(item.image, item.reference) for item in batch]
+        return encoder.preprocess(items)
+
+    def _preprocess(self, batch: list[Inputs], early: list[dict[Modality, Arrays]] | None = None) -> Arrays:
+        """The backend's named arrays; modalities every item brings `early` arrays for are only concatenated."""
+        arrays: Arrays = {}
         for modality in batch[0].present():
-            encoder = self.encoder(modality)
-            items = [getattr(item, modality.value) for item in batch]
-            if encoder.uses_reference:
-                items = [(item.image, item.reference) for item in batch]
-            for name, array in encoder.preprocess(items).items():
+            joined = _joined([item.get(modality) for item in early]) if early else None
+            for name, array in (joined if joined is not None else self._encode_inputs(modality, batch)).items():
                 arrays[input_name(modality, name)] = array
         return arrays
+
+    def ready(self, inputs: Inputs) -> Ready:
+        """Prepare an item and preprocess its EARLY_MODALITIES now, on the caller's thread (off the model's)."""
+        item = self.prepare(inputs)
+        arrays: dict[Modality, Arrays] = {}
+        for modality in EARLY_MODALITIES.intersection(item.present()):
+            try:
+                arrays[modality] = self._encode_inputs(modality, [item])
+            except Exception:  # noqa: BLE001 - left to predict_batch, which reports it per item as before
+                continue
+        return Ready(**{f.name: getattr(item, f.name) for f in fields(Inputs)}, arrays=arrays)
 
     def _postprocess(self, outputs: dict[str, np.ndarray], group: list[Inputs]) -> list[dict[str, Any]]:
         per_item: list[dict[str, Any]] = [{} for _ in group]
@@ -196,15 +238,15 @@ class Pipeline:
         return replace(inputs, **coerced)
 
     def predict_batch(self, batch: list[Inputs]) -> list[Prediction]:
-        """Predict many items; items are grouped by which modalities they carry and run in batches."""
-        prepared = [self.prepare(item) for item in batch]
+        """Predict many items (Ready ones as `ready` left them), grouped by the modalities they carry."""
+        prepared = [item if isinstance(item, Ready) else self.prepare(item) for item in batch]
         groups: dict[tuple[Modality, ...], list[int]] = defaultdict(list)
         for index, item in enumerate(prepared):
             groups[tuple(item.present())].append(index)
         results: list[Prediction | None] = [None] * len(prepared)
         for modalities, indices in groups.items():
             group = [prepared[i] for i in indices]
-            arrays = self._preprocess(group)
+            arrays = self._preprocess(group, [getattr(item, "arrays", {}) for item in group])
             per_item = self._postprocess(self.backend.run(arrays), group)
             per_item = self.recheck(per_item, arrays, group, self._postprocess)
             for index, heads in zip(indices, per_item):

@@ -43,6 +43,14 @@ def random_waveform(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Path:
+    """One export cache for the session: each `backend: auto` model is exported once, never into ~/.cache."""
+    folder = tmp_path_factory.mktemp("export-cache")
+    os.environ["MMFUSION_EXPORT_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
 def registered_parts() -> None:
     """Config validation checks part names against the registries; the pipeline and CLI fill them, tests too."""
     load_all()

@@ -59,7 +59,25 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         thresholds = f" thresholds={spec.thresholds}" if spec.thresholds else ""
         print(f"  head {head_name:9s} {spec.name}{labels}{thresholds}")
     _describe_runtime(model_dir, config)
+    _describe_serving(config)
     return 0
+
+
+def _describe_serving(config) -> None:
+    """The scheduler settings `serve` gives the model without overriding flags, each with its source."""
+    from mmfusion.serving.policy import describe, effective_batching
+
+    batching, sources = effective_batching(config.name, config.serving)
+    print(f"  serving        {describe(batching, sources)}")
+
+
+def _auto_choice(model_dir: Path) -> str:
+    """Which backend `auto` settles on for this model and why (loads it: builds the cached export if absent)."""
+    from mmfusion.pipeline import Pipeline
+
+    pipeline = Pipeline(model_dir)
+    pipeline.close()
+    return pipeline.backend_choice
 
 
 def _describe_runtime(model_dir: Path, config) -> None:
@@ -70,6 +88,8 @@ def _describe_runtime(model_dir: Path, config) -> None:
 
     runtime = config.runtime.model_dump(exclude_defaults=True)
     print(f"  runtime        {config.runtime.backend} {runtime or ''}")
+    if config.runtime.backend == "auto":
+        print(f"  backend        {_auto_choice(model_dir)}")
     exports = list_exports(model_dir)
     if not exports:
         print(f"  exports        none (make one with `mmfusion export {config.name} --backend onnx`)")
@@ -143,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--audio", help="audio file (WAV, FLAC, MP3, ...)")
     predict.add_argument("--text", help="text")
     predict.add_argument(
-        "--backend", default=None, help="torch | onnxruntime | tensorrt (default: the model's runtime: block)"
+        "--backend", default=None, help="auto | torch | onnxruntime | tensorrt (default: the model's runtime: block)"
     )
     predict.add_argument("--json", action="store_true", help="one line of JSON")
     predict.add_argument("--overlay", help="PNG file for the image with its anomaly heatmap and boxes")

@@ -141,7 +141,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us,
-        preferred_batch_sizes=tuple(args.preferred_batch_size),
+        preferred_batch_sizes=None if args.preferred_batch_size is None else tuple(args.preferred_batch_size),
         max_queue_size=args.max_queue_size,
         cache_bytes=int(args.cache_mb * 1024 * 1024),
         no_cache_models=args.no_cache_model,
@@ -196,7 +196,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-message-mb", type=int, default=64)
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight work on shutdown")
     serve.add_argument(
-        "--backend", default=None, help="torch | onnxruntime | tensorrt for every model (default: their runtime:)"
+        "--backend", default=None, help="auto | torch | onnxruntime | tensorrt for all models (default: their runtime:)"
     )
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     serve.add_argument(
@@ -213,21 +213,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="refuse model folders without a sha256 manifest.json (`mmfusion manifest write DIR`); default on",
     )
-    batching = serve.add_argument_group("batching (every model; a per-model config block should follow)")
-    batching.add_argument("--max-batch-size", type=int, default=8, help="requests per backend call")
+    batching = serve.add_argument_group(
+        "batching: a flag given overrides that setting of every model; not given, each model's config.yaml "
+        "serving: block decides, else the default shown"
+    )
+    batching.add_argument("--max-batch-size", type=int, default=None, help="requests per backend call (default 8)")
     batching.add_argument(
-        "--max-queue-delay-us", type=int, default=2000, help="longest wait for a batch to fill, in microseconds"
+        "--max-queue-delay-us",
+        type=int,
+        default=None,
+        help="longest wait for a batch to fill, in microseconds (default 2000)",
     )
     batching.add_argument(
         "--preferred-batch-size",
         type=int,
         action="append",
-        default=[],
+        default=None,
         metavar="N",
-        help="dispatch as soon as N requests wait (repeatable)",
+        help="dispatch as soon as N requests wait (repeatable; default none)",
     )
     batching.add_argument(
-        "--max-queue-size", type=int, default=256, help="requests waiting per model before RESOURCE_EXHAUSTED"
+        "--max-queue-size",
+        type=int,
+        default=None,
+        help="requests waiting per model before RESOURCE_EXHAUSTED (default 256)",
     )
     caching = serve.add_argument_group("result cache (Inspect)")
     caching.add_argument("--cache-mb", type=float, default=64, help="result cache size in MiB; 0 disables it")

@@ -13,6 +13,7 @@ from mmfusion.registry import BACKENDS
 from mmfusion.runtime.export_backend import ExportBackend
 from mmfusion.runtime.exported import ExportInfo, OpenedExport
 from mmfusion.runtime.specs import check_inputs, group_of_inputs
+from mmfusion.runtime.threads import cores_shared
 from mmfusion.types import InputError
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -48,6 +49,8 @@ def session_options(runtime: RuntimeSpec):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if runtime.threads is not None:
         options.intra_op_num_threads = runtime.threads
+    if cores_shared():  # idle workers spinning would take the cores the frames decode on
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if runtime.inter_op_threads is not None:
         options.inter_op_num_threads = runtime.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL

@@ -223,15 +223,21 @@ def output_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.nda
     return lowest
 
 
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none); tests fake CPUs by replacing it."""
+    for line in CPUINFO.read_text().splitlines() if CPUINFO.is_file() else []:
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_int8_dot_product() -> list[str]:
     """This CPU's int8 dot-product instruction sets; without one, INT8 GEMM gains little over FP32 on x86."""
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return sorted(cpu_flags() & INT8_DOT_PRODUCT_FLAGS)
 
 
 def weight_bits() -> int:

@@ -4,7 +4,8 @@ The batch function runs on the scheduler's single worker thread, so everything t
 pipeline (tokenizers, which are not thread safe, and the backend) happens on one thread per model.
 A batch holds items of three kinds, each group run once:
 
-- Predict: decoded Inputs; all of them go through Pipeline.predict_batch in one call.
+- Predict: items from Pipeline.ready (decoded and image-preprocessed on the caller's thread, so this
+  thread only concatenates them, runs the backend and postprocesses); one Pipeline.predict_batch call.
 - InferTensors: KServe requests; requests whose tensors have the same names, dtypes and
   non-batch dimensions are concatenated along the batch axis and run as one backend call, then
   split back; requests that differ (e.g. token ids padded to another length) run one by one.
@@ -32,7 +33,7 @@ Attempt = tuple[Any, Exception | None]
 
 @dataclass(frozen=True)
 class Predict:
-    """One sample for Pipeline.predict_batch (already decoded and checked by Pipeline.prepare)."""
+    """One sample for Pipeline.predict_batch: Pipeline.ready's item (a Ready), or Inputs it prepares on this thread."""
 
     inputs: Inputs
 

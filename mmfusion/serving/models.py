@@ -22,6 +22,7 @@ from mmfusion.repository.folder import (
 from mmfusion.serving.batching import ModelRunner, Work, is_inference
 from mmfusion.serving.memory import RELEASER
 from mmfusion.serving.metrics import ServiceMetrics
+from mmfusion.serving.policy import ServingOverrides, effective_batching
 from mmfusion.serving.scheduler import BatchingConfig, BatchScheduler
 from mmfusion.types import InputError
 
@@ -63,9 +64,10 @@ class MissingModelName(ListsModels, InputError):
 class ModelEntry:
     """A model the server knows: its folder, its config and, when loaded, its Pipeline and scheduler.
 
-    Everything that runs the pipeline goes through the scheduler, whose one worker thread is the
-    only thread that touches the pipeline (HF fast tokenizers are not safe across threads, and the
-    backend already uses every core).
+    Everything that runs the pipeline goes through the scheduler, whose worker thread is the only
+    thread that touches the pipeline (HF fast tokenizers are not safe across threads, and the
+    backend already uses every core). With `serving.instances: N` the model is loaded N times and
+    the scheduler has one worker per copy; `pipeline` is the first copy, `pipelines` all of them.
     """
 
     name: str
@@ -74,6 +76,10 @@ class ModelEntry:
     pipeline: Pipeline | None = None
     backend: str = ""
     scheduler: BatchScheduler[Work, object] | None = None
+    batching: BatchingConfig | None = None
+    """The effective scheduler settings (flags, else the config's `serving:` block, else defaults)."""
+    batching_sources: dict[str, str] | None = None
+    pipelines: tuple[Pipeline, ...] = ()
 
     @property
     def version(self) -> str:
@@ -86,13 +92,14 @@ class ModelManager:
     def __init__(
         self,
         model_root: str | Path | None = None,
-        batching: BatchingConfig | None = None,
+        batching: ServingOverrides | None = None,
         metrics: ServiceMetrics | None = None,
         require_manifest: bool = False,
     ) -> None:
+        """batching: `serve` flags that override the same field of every model's `serving:` block."""
         self._model_root = Path(model_root) if model_root is not None else None
         self.require_manifest = require_manifest  # refuse model folders without a sha256 manifest.json
-        self.batching = batching or BatchingConfig()
+        self.batching = batching or ServingOverrides()
         self.metrics = metrics
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -152,26 +159,44 @@ class ModelManager:
             with self._lock:
                 if config.name in self._loaded:
                     return self._loaded[config.name]
-            pipeline = Pipeline(model_dir, backend=backend, require_manifest=self.require_manifest)
+            batching, sources = effective_batching(config.name, config.serving, self.batching)
+            pipelines = self._load_instances(model_dir, backend, batching.instances)
+            pipeline = pipelines[0]
             version = str(pipeline.config.version)
             scheduler = BatchScheduler(
-                ModelRunner(pipeline),
+                [ModelRunner(copy) for copy in pipelines],
                 name=config.name,
                 on_batch=(
-                    self.metrics.batch_hook(config.name, version, rechecked=lambda: pipeline.recheck.items)
+                    self.metrics.batch_hook(
+                        config.name, version, rechecked=lambda: sum(copy.recheck.items for copy in pipelines)
+                    )
                     if self.metrics is not None
                     else None
                 ),
                 counted=is_inference,
-                **self.batching.as_kwargs(),
+                **batching.as_kwargs(),
             )
             backend_name = pipeline.backend.registry_name
-            entry = ModelEntry(config.name, model_dir, pipeline.config, pipeline, backend_name, scheduler)
+            entry = ModelEntry(
+                config.name, model_dir, pipeline.config, pipeline, backend_name, scheduler, batching, sources, pipelines
+            )
             with self._lock:
                 self._loaded[config.name] = entry
                 self._known_dirs[config.name] = model_dir
         self._notify(config.name, True)
         return entry
+
+    def _load_instances(self, model_dir: Path, backend: str | None, instances: int) -> tuple[Pipeline, ...]:
+        """`instances` Pipelines of one model folder; those loaded are closed if a later one fails."""
+        pipelines: list[Pipeline] = []
+        try:
+            for _ in range(instances):
+                pipelines.append(Pipeline(model_dir, backend=backend, require_manifest=self.require_manifest))
+        except BaseException:
+            for pipeline in pipelines:
+                pipeline.close()
+            raise
+        return tuple(pipelines)
 
     def unload(self, name: str, grace: float = DEFAULT_UNLOAD_GRACE_SECONDS) -> ModelEntry:
         """Forget a loaded model: its queued work is served within grace (the rest fails), then its backend closes."""
@@ -182,7 +207,7 @@ class ModelManager:
         self._notify(name, False)
         entry.scheduler.close(grace)
         if entry.scheduler.stopped:
-            entry.pipeline.close()
+            _close_all(entry.pipelines)  # in a function of its own: no loop name keeps a copy alive here
         else:  # a batch is stuck in the backend: closing it under that batch could crash the process
             LOG.warning("model %r: a batch still runs %.1f s after unload; its backend is left to the GC", name, grace)
         unloaded = ModelEntry(entry.name, entry.model_dir, entry.config, None, entry.backend)
@@ -223,3 +248,9 @@ class ModelManager:
         deadline = time.monotonic() + grace
         for name in self.loaded_names():
             self.unload(name, max(deadline - time.monotonic(), MIN_GRACE_SECONDS))
+
+
+def _close_all(pipelines: list) -> None:
+    """Close every instance of an unloaded model."""
+    for pipeline in pipelines:
+        pipeline.close()

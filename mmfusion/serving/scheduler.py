@@ -1,4 +1,4 @@
-"""Dynamic batching for one model: per-stream FIFOs served round-robin by one worker thread.
+"""Dynamic batching for one model: per-stream FIFOs served round-robin by one worker thread per model instance.
 
 Requests without a stream id share one pseudo-stream (FIFO among themselves), which takes its
 turn in the rotation like any camera stream: a flood of unary calls gets one stream's share,
@@ -54,16 +54,26 @@ class BatchingConfig:
     max_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 256
+    default_timeout_us: int | None = None
+    allow_timeout_override: bool = True
+    instances: int = 1
+    owner: str = field(default="batching", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "preferred_batch_sizes", tuple(self.preferred_batch_sizes))
         _check_limits(
-            "batching", self.max_batch_size, self.max_queue_delay_us, self.preferred_batch_sizes, self.max_queue_size
+            self.owner, self.max_batch_size, self.max_queue_delay_us, self.preferred_batch_sizes, self.max_queue_size
         )
+        if self.default_timeout_us is not None and self.default_timeout_us < 1:
+            raise ValueError(f"{self.owner}: default_timeout_us={self.default_timeout_us}: expected >= 1 or none")
+        if self.instances < 1:
+            raise ValueError(f"{self.owner}: instances={self.instances}: expected >= 1")
 
     def as_kwargs(self) -> dict:
-        """The limits as BatchScheduler keyword arguments."""
-        return asdict(self)
+        """The limits as BatchScheduler keyword arguments (instances is the number of run_batch functions)."""
+        kwargs = asdict(self)
+        del kwargs["instances"], kwargs["owner"]
+        return kwargs
 
 
 @dataclass
@@ -82,25 +92,35 @@ class BatchScheduler(Generic[T, R]):
 
     def __init__(
         self,
-        run_batch: Callable[[list[T]], Sequence[R]],
+        run_batch: Callable[[list[T]], Sequence[R]] | Sequence[Callable[[list[T]], Sequence[R]]],
         *,
         max_batch_size: int = 8,
         max_queue_delay_us: int = 0,
         preferred_batch_sizes: Sequence[int] = (),
         max_queue_size: int = 1024,
+        default_timeout_us: int | None = None,
+        allow_timeout_override: bool = True,
         name: str = "model",
         on_batch: BatchHook | None = None,
         counted: Callable[[T], bool] | None = None,
     ) -> None:
         """on_batch(size, queue_seconds, compute_seconds) after each batch reports the items counted(item) accepts
-        (default: all), so housekeeping work stays out of the metrics; a batch of none is not reported."""
+        (default: all), so housekeeping work stays out of the metrics; a batch of none is not reported.
+
+        run_batch may be a list: one worker thread per function (per model instance), so batches run side by side.
+        default_timeout_us: an item still queued that long fails DeadlineExceededError when it names no deadline
+        (or, without allow_timeout_override, whichever of the two comes first)."""
         _check_limits(f"model {name!r}", max_batch_size, max_queue_delay_us, preferred_batch_sizes, max_queue_size)
+        runners = list(run_batch) if isinstance(run_batch, Sequence) else [run_batch]
+        if not runners:
+            raise ValueError(f"model {name!r}: run_batch: an empty list; expected one function per instance")
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_us / 1e6
         self.preferred_batch_sizes = tuple(sorted(set(preferred_batch_sizes), reverse=True))
         self.max_queue_size = max_queue_size
-        self._run_batch = run_batch
+        self.default_timeout_s = None if default_timeout_us is None else default_timeout_us / 1e6
+        self.allow_timeout_override = allow_timeout_override
         self._on_batch = on_batch
         self._counted = counted
         self._cond = threading.Condition()
@@ -109,8 +129,17 @@ class BatchScheduler(Generic[T, R]):
         self._queued = 0
         self._closing = False
         self._abandon = False
-        self._worker = threading.Thread(target=self._serve, name=f"scheduler-{name}", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._serve, args=(runner,), name=f"scheduler-{name}-{index}", daemon=True)
+            for index, runner in enumerate(runners)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    @property
+    def instances(self) -> int:
+        """Worker threads, one per model instance: how many batches may run at once."""
+        return len(self._workers)
 
     @property
     def queued(self) -> int:
@@ -125,8 +154,8 @@ class BatchScheduler(Generic[T, R]):
 
     @property
     def stopped(self) -> bool:
-        """True once the worker thread has ended: no batch runs now or later."""
-        return not self._worker.is_alive()
+        """True once every worker thread has ended: no batch runs now or later."""
+        return not any(worker.is_alive() for worker in self._workers)
 
     def stream_depth(self, stream_id: str | None) -> int:
         """Unserved items of one stream (None: the shared pseudo-stream of unary requests)."""
@@ -135,7 +164,8 @@ class BatchScheduler(Generic[T, R]):
 
     def submit(self, item: T, stream_id: str | None = None, deadline: float | None = None) -> Future[R]:
         """Queue one item; the future resolves to its result (deadline is a time.monotonic() instant)."""
-        pending = _Pending(item, _stream_key(stream_id), time.monotonic(), deadline)
+        now = time.monotonic()
+        pending = _Pending(item, _stream_key(stream_id), now, self._queue_deadline(now, deadline))
         with self._cond:
             if self._closing:
                 raise SchedulerClosedError(f"model {self.name!r}: the scheduler is shutting down")
@@ -152,6 +182,15 @@ class BatchScheduler(Generic[T, R]):
             self._queued += 1
             self._cond.notify()
         return pending.future
+
+    def _queue_deadline(self, now: float, deadline: float | None) -> float | None:
+        """The caller's deadline, or the queue policy's default timeout when it gives none (or may not override)."""
+        if self.default_timeout_s is None:
+            return deadline
+        default = now + self.default_timeout_s
+        if deadline is None:
+            return default
+        return deadline if self.allow_timeout_override else min(deadline, default)
 
     def drop_oldest(self, stream_id: str | None, keep: int) -> list[T]:
         """Remove the oldest unserved items of a stream beyond the newest `keep`; their futures fail."""
@@ -179,8 +218,8 @@ class BatchScheduler(Generic[T, R]):
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._worker.join(grace_s)
-        if not self._worker.is_alive():
+        self._join(grace_s)
+        if self.stopped:
             return True
         with self._cond:
             self._abandon = True
@@ -191,16 +230,22 @@ class BatchScheduler(Generic[T, R]):
             self._cond.notify_all()
         for pending in abandoned:
             _fail(pending, SchedulerClosedError(f"model {self.name!r}: shut down before this request was served"))
-        self._worker.join(grace_s)
+        self._join(grace_s)
         return False
 
-    def _serve(self) -> None:
-        """Worker loop: form a batch, run it, resolve its futures; until closed and drained."""
+    def _join(self, grace_s: float) -> None:
+        """Wait for every worker, all within one grace period."""
+        deadline = time.monotonic() + grace_s
+        for worker in self._workers:
+            worker.join(max(deadline - time.monotonic(), 0.0))
+
+    def _serve(self, run_batch: Callable[[list[T]], Sequence[R]]) -> None:
+        """Worker loop: form a batch, run it on this worker's instance, resolve its futures; until drained."""
         while True:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._run(batch)
+            self._run(batch, run_batch)
 
     def _next_batch(self) -> list[_Pending] | None:
         """Block until a batch is due, then take it round-robin; None when closed and drained."""
@@ -258,12 +303,12 @@ class BatchScheduler(Generic[T, R]):
         del self._streams[key]
         self._rotation.remove(key)
 
-    def _run(self, batch: list[_Pending]) -> None:
+    def _run(self, batch: list[_Pending], run_batch: Callable[[list[T]], Sequence[R]]) -> None:
         """Run the backend on one batch and resolve every future of it, whatever happens."""
         started = time.monotonic()
         queue_seconds = [started - pending.enqueued for pending in batch]
         try:
-            results = list(self._run_batch([pending.item for pending in batch]))
+            results = list(run_batch([pending.item for pending in batch]))
             if len(results) != len(batch):
                 raise SchedulerError(
                     f"model {self.name!r}: run_batch returned {len(results)} results for {len(batch)} items"

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
+from mmfusion.runtime.threads import share_cores
 from mmfusion.security.auth import AuthConfig
 from mmfusion.security.limits import RateLimit
 from mmfusion.security.network import TrustedProxies
@@ -26,6 +27,7 @@ from mmfusion.serving.kserve import KSERVE_SERVICE_NAME, add_kserve_to_server
 from mmfusion.serving.memory import ReleasingExecutor
 from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.models import MIN_GRACE_SECONDS, ModelManager
+from mmfusion.serving.policy import ServingOverrides
 from mmfusion.serving.scheduler import BatchingConfig
 from mmfusion.serving.servicer import DEFAULT_MAX_AUDIO_BYTES, InspectionServicer
 from mmfusion.serving.stream_limits import DEFAULT_FIRST_MESSAGE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
@@ -148,10 +150,10 @@ def build_server(
     backend: str | None = None,
     max_workers: int = 16,
     max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES,
-    max_batch_size: int = 8,
-    max_queue_delay_us: int = 2000,
-    preferred_batch_sizes: Sequence[int] = (),
-    max_queue_size: int = 256,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int | None = None,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    max_queue_size: int | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     no_cache_models: Sequence[str] = (),
     metrics_port: int | None = None,
@@ -173,11 +175,11 @@ def build_server(
 ) -> InspectionServer:
     """Load the models (names in the repository or folders), bind host:port (0 = any free port); not started.
 
-    Every loaded model gets a scheduler with these batching limits (bad limits raise ValueError);
-    Inspect results are cached in `cache_bytes` (0 disables the cache) except for the models named
-    in `no_cache_models`; `metrics_port` (0 = any free port) serves Prometheus /metrics on the same
-    host once started. A per-model `serving:` block in the model config should take over batching
-    and caching.
+    Every loaded model gets a scheduler set by its config's `serving:` block; a batching limit given
+    here (not None) overrides that field for every model, and fields neither sets take the built-in
+    defaults (bad limits raise ValueError naming the model). Inspect results are cached in
+    `cache_bytes` (0 disables the cache) except for the models named in `no_cache_models`;
+    `metrics_port` (0 = any free port) serves Prometheus /metrics on the same host once started.
 
     Security (all off by default): `auth` authenticates every call (API keys / JWT), `policy_path`
     is the RBAC policy (the built-in example policy when auth is given without one), `audit_path`
@@ -205,7 +207,11 @@ def build_server(
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"max_workers={max_workers!r}: expected a whole number of threads >= 1")
     guard = StreamGuard(max_open_streams, first_message_timeout_s, stream_idle_timeout_s)  # checks its limits
-    batching = BatchingConfig(max_batch_size, max_queue_delay_us, tuple(preferred_batch_sizes), max_queue_size)
+    preferred = None if preferred_batch_sizes is None else tuple(preferred_batch_sizes)
+    batching = ServingOverrides(max_batch_size, max_queue_delay_us, preferred, max_queue_size)
+    flags = batching.given()
+    flags.setdefault("max_batch_size", max((*flags.get("preferred_batch_sizes", ()), 1)))
+    BatchingConfig(**flags)  # limits that cannot work fail here, before any model loads
     metrics = ServiceMetrics()
     cache = ResultCache(cache_bytes, sizeof=len)  # the cache holds serialized InspectionResults
     manager = ModelManager(model_root, batching=batching, metrics=metrics, require_manifest=require_manifest)
@@ -288,6 +294,7 @@ def serve(
 
     Returns the exit status: 0, or 1 when the TLS front (nginx) died, which stops the server too.
     """
+    share_cores()  # frames decode on the stream threads, in parallel with the backends
     server = build_server(models, port=port, host=host, **options).start()
     stop_requested, reload_requested = threading.Event(), threading.Event()
     wake = threading.Event()

@@ -61,7 +61,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     def _predict(
         self, entry: ModelEntry, inputs: Inputs, received: float, context: grpc.ServicerContext, **options: bool
     ) -> pb.InspectionResult:
-        prepared = entry.pipeline.prepare(inputs)
+        prepared = entry.pipeline.ready(inputs)  # decoded and preprocessed here, in parallel with the model
         submitted = time.monotonic()
         outcome = run_on_model(entry, Predict(prepared), context)
         result = prediction_to_proto(outcome.unwrap(), entry, **options)
@@ -99,7 +99,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             inputs = Inputs(image=image, text=frame.text or None)
             if not inputs.present():
                 raise InputError("frame: no image and no text; a frame needs at least one")
-            work = Predict(entry.pipeline.prepare(inputs))
+            work = Predict(entry.pipeline.ready(inputs))  # decoded and preprocessed on the stream's thread
             submitted = time.monotonic()
             future = entry.scheduler.submit(work, stream_id=stream.key)
         except (InputError, ValueError, QueueFullError, SchedulerClosedError) as error:

@@ -58,13 +58,14 @@ def test_rss_falls_back_after_a_burst_of_large_requests(models):
             channel.inspection.Inspect(request, timeout=60)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         RELEASER.trim()
-        before, trims = rss(), RELEASER.trims
+        before = rss()
         futures = [channel.inspection.Inspect.future(request, timeout=60) for _ in range(BURST)]
         codes = [future.exception().code() for future in futures]
         assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * BURST
         after = _settled(limit=5.0, above=before + MARGIN // 2)
+        # without the releaser RSS stays 210-730 MB up here; where glibc gives the heap back on its own, no trim
+        # is needed (so the trim count is not asserted: it depends on the machine's load and arena layout)
         assert after - before < MARGIN, f"RSS {before / MB:.0f} MB -> {after / MB:.0f} MB after the burst"
-        assert RELEASER.trims > trims
     finally:
         channel.close()
         server.stop(grace=1.0)

@@ -47,8 +47,9 @@ def test_serve_defaults_match_build_server(served):
     defaults = inspect.signature(server.build_server).parameters
     for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "cache_bytes", "metrics_port"):
         assert kwargs[key] == defaults[key].default, key
-    assert kwargs["preferred_batch_sizes"] == () and kwargs["no_cache_models"] == []
-    assert (kwargs["max_batch_size"], kwargs["max_queue_delay_us"], kwargs["max_queue_size"]) == (8, 2000, 256)
+    assert kwargs["preferred_batch_sizes"] is None and kwargs["no_cache_models"] == []
+    limits = (kwargs["max_batch_size"], kwargs["max_queue_delay_us"], kwargs["max_queue_size"])
+    assert limits == (None, None, None)  # not given: each model's serving: block, else the built-in defaults
 
 
 @pytest.mark.parametrize(

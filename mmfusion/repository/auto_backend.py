@@ -1,0 +1,183 @@
+"""`backend: auto`: ONNX Runtime on the model's export (its folder's, else one built once into the cache), else torch.
+
+The cached export lives in <export cache>/<model>/<fingerprint>/onnx/ (`export_cache`), outside the signed model
+folder; the fingerprint covers the folder's files, the version, the graph's weights and the exporter versions, so a
+changed model gets a new export. It is verified against its own sha256 manifest on every load and rebuilt when it fails.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmfusion.config import AUTO_BACKEND, ConfigError, RuntimeSpec
+from mmfusion.encoders.embedded import cache_root
+from mmfusion.graph import PipelineGraph
+from mmfusion.registry import BACKENDS
+from mmfusion.repository.export_build import build_export
+from mmfusion.repository.exports import export_dir, load_backend
+from mmfusion.repository.versions import VERSIONS_DIR
+from mmfusion.runtime.base import Backend
+from mmfusion.runtime.exported import EXPORT_FILE, OpenedExport, exporter_versions, read_export
+from mmfusion.runtime.quantize import cpu_int8_dot_product
+from mmfusion.runtime.specs import default_groups
+from mmfusion.security.integrity import MANIFEST_NAME, sha256_file
+from mmfusion.types import Modality
+
+AUTO = AUTO_BACKEND
+EXPORT_CACHE_ENV = "MMFUSION_EXPORT_CACHE"
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend `auto` settled on and why (what `mmfusion describe` prints)."""
+
+    backend: Backend
+    reason: str
+
+
+def model_fingerprint(model_dir: Path, version: int, graph: PipelineGraph) -> str:
+    """sha256 of the folder's files (as its manifest lists them), the version, the graph's tensors and the exporters."""
+    digest = hashlib.sha256(f"version {version}\n".encode())
+    manifest = model_dir / MANIFEST_NAME
+    if manifest.is_file():  # its file hashes only: re-signing the same files keeps the export
+        digest.update(json.dumps(json.loads(manifest.read_text())["files"], sort_keys=True).encode())
+    else:
+        for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+            relative = path.relative_to(model_dir).as_posix()
+            if not relative.startswith(f"{VERSIONS_DIR}/"):
+                digest.update(f"{relative} {sha256_file(path)}\n".encode())
+    for key, tensor in graph.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(exporter_versions(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def export_cache() -> Path:
+    """$MMFUSION_EXPORT_CACHE, else $MMFUSION_CACHE/exports (~/.cache/mmfusion/exports)."""
+    given = os.environ.get(EXPORT_CACHE_ENV)
+    return Path(given).expanduser() if given else cache_root() / "exports"
+
+
+def cached_export_dir(name: str, fingerprint: str) -> Path:
+    """<export cache>/<model>/<fingerprint>/onnx/."""
+    return export_cache() / name / fingerprint[:32] / "onnx"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (a lock file), so two processes do not build the same export at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _onnx_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
+    """The auto block as an onnxruntime block (fp32 unless the block names a precision)."""
+    return RuntimeSpec(
+        backend="onnxruntime",
+        precision=runtime.precision,
+        device=runtime.device,
+        threads=runtime.threads,
+        inter_op_threads=runtime.inter_op_threads,
+        recheck_margin=runtime.recheck_margin,
+    )
+
+
+def _torch_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
+    """The auto block as a torch block (the reference and fallback)."""
+    return RuntimeSpec(
+        backend="torch", device=runtime.device, threads=runtime.threads, inter_op_threads=runtime.inter_op_threads
+    )
+
+
+def _open_onnx(runtime: RuntimeSpec, graph: PipelineGraph, folder: Path) -> Backend:
+    """An onnxruntime backend on the verified export in `folder` (ConfigError when it does not verify)."""
+    backend = BACKENDS.get("onnxruntime")(_onnx_runtime(runtime))
+    backend.load(graph, OpenedExport(folder, read_export(folder)))
+    return backend
+
+
+def int8_note() -> str:
+    """Why INT8 is not chosen automatically on this CPU."""
+    dot = cpu_int8_dot_product()
+    if not dot:
+        return "int8 not used: this CPU has no VNNI/AMX int8 dot products"
+    return (
+        f"int8 not used: this CPU has {', '.join(dot)}, but a verdict-parity check needs a calibration set "
+        "(export one with `mmfusion export --precision int8 --calibration`)"
+    )
+
+
+def _cached(name: str, version: int, graph: PipelineGraph, model_dir: Path, runtime: RuntimeSpec) -> BackendChoice:
+    """The cached export (built under a lock when absent or when it fails verification), on onnxruntime."""
+    folder = cached_export_dir(name, model_fingerprint(model_dir, version, graph))
+    with _locked(folder.parent / ".lock"):
+        how = "cached export"
+        if (folder / EXPORT_FILE).is_file():
+            try:
+                return BackendChoice(_open_onnx(runtime, graph, folder), f"{how} {folder}")
+            except ConfigError as error:
+                LOG.warning("%s: cached export refused, rebuilding it: %s", name, error)
+                how = "rebuilt cached export (the old one failed verification)"
+        else:
+            how = "built and cached export"
+        modalities = [Modality(key) for key in graph.encoders]
+        build_export(name, version, graph, default_groups(modalities), folder)
+        return BackendChoice(_open_onnx(runtime, graph, folder), f"{how} {folder}")
+
+
+def _onnx_choice(model_dir: Path, runtime: RuntimeSpec, version: int, graph: PipelineGraph, name: str) -> BackendChoice:
+    """The model folder's own ONNX export when it has one, else the cached one."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError("onnxruntime is not installed (pip install 'mmfusion[onnx]')") from None
+    own = export_dir(model_dir, version, "onnx")
+    if (own / EXPORT_FILE).is_file():
+        backend = _open_onnx(runtime, graph, own)
+        if runtime.precision is None or backend.precision == runtime.precision:
+            return BackendChoice(backend, f"model folder export {own}")
+        backend.close()
+    return _cached(name, version, graph, model_dir, runtime)
+
+
+def load_auto_backend(
+    model_dir: Path, runtime: RuntimeSpec, version: int, graph: PipelineGraph, name: str
+) -> BackendChoice:
+    """ONNX Runtime on the model's export when it can be had and passes its checks, else torch with the reason."""
+    try:
+        choice = _onnx_choice(model_dir, runtime, version, graph, name)
+        precision = choice.backend.precision
+        note = f"; {int8_note()}" if precision == "fp32" else ""
+        return BackendChoice(choice.backend, f"onnxruntime {precision} (auto): {choice.reason}{note}")
+    except Exception as error:  # noqa: BLE001 - any failure of the fast path falls back to the reference
+        LOG.warning("%s: backend auto falls back to torch: %s", name, error)
+        backend = BACKENDS.get("torch")(_torch_runtime(runtime))
+        backend.load(graph, None)
+        return BackendChoice(backend, f"torch fp32 (auto fallback): {type(error).__name__}: {error}")
+
+
+def choose_backend(
+    model_dir: Path, runtime: RuntimeSpec, version: int, graph: PipelineGraph, name: str
+) -> BackendChoice:
+    """The runtime's backend: `auto` resolved as above, any other name loaded as it is named."""
+    if runtime.backend == AUTO:
+        return load_auto_backend(model_dir, runtime, version, graph, name)
+    backend = load_backend(model_dir, runtime, version, graph)
+    return BackendChoice(backend, f"{backend.describe()} (named by the runtime block or --backend)")
