@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from mmfusion.cli.security import add_commands
 from mmfusion.security import audit as audit_module
 from mmfusion.security.audit import AuditError, AuditLog, head_path, record_hash, rotated_paths, verify
 from mmfusion.security.crypto import KeyStore
+from tests.security.test_cli_security import run as run_cli
 
 
 @pytest.fixture
@@ -42,20 +40,6 @@ def cut_last_lines(path: Path, count: int) -> None:
 def check(path: Path, keystore: KeyStore | None, **options):
     """verify() over every file of the log, with its head checkpoint."""
     return verify(rotated_paths(path), keystore=keystore, head=head_path(path), **options)
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Parse and run like mmfusion.cli.main: ValueError/OSError become one line on stderr and exit 2."""
-    parser = argparse.ArgumentParser(prog="mmfusion")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code = args.run(args)
-    except (ValueError, OSError) as error:
-        print(f"mmfusion: error: {error}", file=sys.stderr)
-        code = 2
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_records_are_hmac_keyed_and_verify_only_with_their_key(tmp_path, keystore):

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mmfusion.security.tls import TlsFiles, channel_credentials, find_nginx, free_port, make_dev_certificates
 from tests.security.conftest import API_KEYS, write_keys
+from tests.security.test_tls import handshake
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
@@ -95,16 +96,6 @@ def test_metrics_have_their_own_loopback_host(served, capsys):
     assert code == 2 and call is None and "--metrics-host 0.0.0.0 is not loopback: /metrics has no TLS" in err
     code, (_, options) = served(["--metrics-port", "9100", "--metrics-host", "0.0.0.0", "--insecure"])
     assert code == 0 and options["metrics_host"] == "0.0.0.0"
-
-
-def handshake(port: int, ca: Path, maximum: ssl.TLSVersion | None = None) -> str:
-    context = ssl.create_default_context(cafile=str(ca))
-    context.set_alpn_protocols(["h2"])
-    if maximum is not None:
-        context.maximum_version = maximum
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            return tls.version()
 
 
 def accepts(port: int) -> bool:
