@@ -30,26 +30,35 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check mmfusion tests benchmarks
 	$(BIN)/lint-imports  # the floor plan: layer and forbidden-import contracts in pyproject.toml
 
-# System programs the TLS tests use: nginx (the TLS 1.3 front) and openssl. Installs them with apt-get
-# when missing and running as root; otherwise says what to install (the tests needing nginx then skip).
+# System programs the tests use: nginx (the TLS 1.3 front) and openssl; GStreamer's RTSP server under the
+# system Python (the camera tests' RTSP camera) and chromium (the live page test). Installs them with apt-get
+# when missing and running as root; otherwise says what to install (the tests needing them then skip).
 SYSTEM_PATH := $(PATH):/usr/sbin:/sbin
+RTSP_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-ugly gstreamer1.0-rtsp
+RTSP_CHECK := import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, GstRtspServer; \
+	Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')
 system-deps:
 	@missing=""; \
 	PATH="$(SYSTEM_PATH)" command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
 	PATH="$(SYSTEM_PATH)" command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
-	if [ -z "$$missing" ]; then echo "system-deps: nginx and openssl present"; exit 0; fi; \
+	/usr/bin/python3 -c "$(RTSP_CHECK)" >/dev/null 2>&1 || missing="$$missing gstreamer-rtsp"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then echo "system-deps: nginx, openssl, GStreamer RTSP and chromium present"; exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
-		echo "system-deps: missing:$$missing; install them as root (Debian: apt-get install nginx-light openssl);" \
-			"the TLS tests that need nginx will be skipped"; exit 0; fi; \
+		echo "system-deps: missing:$$missing; install them as root (Debian: apt-get install nginx-light openssl" \
+			"$(RTSP_PACKAGES) chromium); the tests that need them will be skipped"; exit 0; fi; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq; \
 	packages=""; \
 	case "$$missing" in *nginx*) \
 		if apt-cache show nginx-light >/dev/null 2>&1; then packages="nginx-light"; else packages="nginx"; fi;; esac; \
 	case "$$missing" in *openssl*) packages="$$packages openssl";; esac; \
+	case "$$missing" in *gstreamer-rtsp*) packages="$$packages $(RTSP_PACKAGES)";; esac; \
+	case "$$missing" in *chromium*) packages="$$packages chromium fonts-dejavu-core";; esac; \
 	echo "system-deps: apt-get install $$packages"; \
 	apt-get install -y -qq --no-install-recommends $$packages \
-		|| echo "system-deps: WARNING: apt-get install $$packages failed; the TLS tests that need nginx will skip"
+		|| echo "system-deps: WARNING: apt-get install $$packages failed; the tests that need them will skip"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

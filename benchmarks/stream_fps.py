@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -183,17 +184,19 @@ def start_server(
         "--stream-idle-timeout",
         "600",
     ] + (["--backend", backend] if backend else [])
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    # its addresses come as printed lines or as log lines on stderr: both are read, and drained after start
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     address = metrics_url = None
     for line in server.stdout:
-        if " on " in line and "serving" in line:
-            address = line.rsplit(" ", 1)[1].strip()
-        if "metrics on" in line:
-            metrics_url = line.rsplit(" ", 1)[1].strip()
+        found = re.search(r"serving .* on (\S+)", line)
+        address = address or (found.group(1) if found and "metrics" not in line else None)
+        found = re.search(r"metrics on (http\S+)", line)
+        metrics_url = metrics_url or (found.group(1) if found else None)
         if address and metrics_url:
             break
     if not (address and metrics_url):
         raise RuntimeError(f"the server did not start: {' '.join(command)}")
+    threading.Thread(target=server.stdout.read, daemon=True).start()  # a full pipe would stop the server
     return server, address, metrics_url
 
 
@@ -238,7 +241,7 @@ def main() -> None:
     eager = Pipeline(args.model, backend="torch")
     name = eager.name
     pipeline = Pipeline(args.model, backend=args.backend)
-    backend = pipeline.backend.registry_name
+    backend = f"{pipeline.backend.registry_name} {pipeline.backend.precision}"  # the service loads the same choice
 
     def references() -> tuple[float, float]:
         """Naive eager and raw backend fps now (the load on a shared machine drifts: taken around every row)."""
@@ -269,6 +272,7 @@ def main() -> None:
     naive, raw = float(np.mean([m[0] for m in measured])), float(np.mean([m[1] for m in measured]))
     int8 = cpu_int8_dot_product()
     print(f"CPU int8 dot-product instructions: {', '.join(int8) or 'none (INT8 runs on 7-bit weights)'}")
+    print(f"backend: {pipeline.backend_choice}")
     print(
         f"model {name} on {backend}; naive eager (torch, 1 at a time) {naive:.1f} fps; raw backend "
         f"(batch {args.max_batch_size}) {raw:.1f} fps (means; each row is compared with those measured around it)"
@@ -300,6 +304,7 @@ def main() -> None:
     result = {
         "model": name,
         "backend": backend,
+        "backend_choice": pipeline.backend_choice,
         "cpu_int8_dot_product": int8,
         "naive_fps": naive,
         "raw_backend_fps": raw,

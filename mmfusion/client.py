@@ -1,4 +1,4 @@
-"""Python client of the mmfusion gRPC service: inspect, stream, audio, model management, health."""
+"""Python client of the mmfusion gRPC service: inspect, stream, audio, live calls, model management, health."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from mmfusion.security.network import is_loopback
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 AUDIO_CHUNK_BYTES = 64 * 1024
+CALL_CHUNK_SECONDS = 0.2  # a live call's audio goes out in pieces this long
 ImageSource = bytes | str | Path | np.ndarray
 
 
@@ -83,6 +84,25 @@ def check_plaintext_credentials(target: str, what: str) -> None:
 
 def _audio_source(source: bytes | str | Path) -> bytes:
     return source if isinstance(source, bytes) else Path(source).read_bytes()
+
+
+def pcm16_chunks(samples: np.ndarray, sample_rate: int, chunk_seconds: float = CALL_CHUNK_SECONDS) -> Iterator[bytes]:
+    """(C, N) or (N,) float samples in [-1, 1] as PCM16 chunks (little-endian, channels interleaved)."""
+    samples = np.asarray(samples, np.float32)
+    samples = samples[None] if samples.ndim == 1 else samples  # (C, N)
+    step = max(1, round(chunk_seconds * sample_rate))
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").T  # (N, C)
+    for start in range(0, pcm.shape[0], step):
+        yield np.ascontiguousarray(pcm[start : start + step]).tobytes()
+
+
+def paced(chunks: Iterable, seconds_each: float, speed: float | None = 1.0) -> Iterator:
+    """Yield chunks of `seconds_each` of audio no faster than real time times `speed` (None: at once)."""
+    started = time.perf_counter()
+    for index, chunk in enumerate(chunks):
+        if speed:
+            time.sleep(max(0.0, started + index * seconds_each / speed - time.perf_counter()))
+        yield chunk
 
 
 class _CredentialsInterceptor(
@@ -231,6 +251,39 @@ class InspectionClient:
             return self.stub.AnalyzeAudio(chunks(), timeout=self.timeout)
         except grpc.RpcError as error:
             raise ServerError(error.code(), error.details()) from None
+
+    def stream_call(
+        self,
+        model: str,
+        chunks: Iterable[bytes],
+        sample_rate: int = 16000,
+        channels: int = 1,
+        encoding: int = pb.AUDIO_ENCODING_PCM16,
+        version: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[pb.CallUpdate]:
+        """A live call (StreamCall): audio chunks in as `chunks` gives them, updates out as they come.
+
+        PCM16 chunks (see pcm16_chunks; pace them with `paced` to play a file at real time) carry whole
+        frames; other encodings send a container's bytes. The updates are segments as their speech ends,
+        then the summary. Leaving the loop early cancels the call.
+        """
+        config = pb.CallConfig(
+            model=model, version=version, encoding=encoding, sample_rate=sample_rate, channels=channels
+        )
+
+        def requests() -> Iterator[pb.CallRequest]:
+            yield pb.CallRequest(config=config)
+            for chunk in chunks:
+                yield pb.CallRequest(audio=chunk)
+
+        call = self.stub.StreamCall(requests(), timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise ServerError(error.code(), error.details()) from None
+        finally:
+            call.cancel()  # nothing once the call ended; ends it when the caller stopped reading early
 
     def generate_report(
         self, model: str, images: Iterable[ImageSource] = (), text: str = "", version: str = ""

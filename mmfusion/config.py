@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import UnionType
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
@@ -280,8 +281,10 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             if field is None:
                 return []
             current = field.annotation
-        elif get_origin(current) is dict:
-            current = get_args(current)[1]
+            if get_origin(current) is UnionType:  # `Spec | None`: the spec
+                current = next((arg for arg in get_args(current) if arg is not type(None)), current)
+        elif get_origin(current) in (dict, list):
+            current = get_args(current)[-1]  # a mapping's values, a list's items
         else:
             return []
     if isinstance(current, type) and issubclass(current, BaseModel):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -65,3 +68,19 @@ class PipelineGraph(nn.Module):
             for key, value in head(fused).items():
                 outputs[output_name(head_name, key)] = value
         return outputs
+
+    def postprocess(
+        self, outputs: dict[str, np.ndarray], image_sizes: list[tuple[int, int] | None]
+    ) -> list[dict[str, Any]]:
+        """Every head's results per item from the graph's named outputs (`image_sizes`: each item's (H, W) or None)."""
+        per_item: list[dict[str, Any]] = [{} for _ in image_sizes]
+        for head_name, head in self.heads.items():
+            prefix = output_name(head_name, "")
+            head_outputs = {k.removeprefix(prefix): v for k, v in outputs.items() if k.startswith(prefix)}
+            if head.reads_image_sizes:
+                results = head.postprocess(head_outputs, image_sizes=image_sizes)
+            else:
+                results = head.postprocess(head_outputs)
+            for index, result in enumerate(results):
+                per_item[index][head_name] = result
+        return per_item

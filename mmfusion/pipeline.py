@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmfusion import tracing
 from mmfusion.config import ConfigError, PipelineConfig, RuntimeSpec, load_config, validate_params
 from mmfusion.encoders.base import Encoder
-from mmfusion.graph import PipelineGraph, input_name, output_name
+from mmfusion.graph import PipelineGraph, input_name
 from mmfusion.media import check_audio, check_image, decode_audio, decode_image
 from mmfusion.parts import load_all
 from mmfusion.registry import BACKENDS, ENCODERS, FUSIONS, HEADS
@@ -191,18 +192,7 @@ class Pipeline:
         return Ready(**{f.name: getattr(item, f.name) for f in fields(Inputs)}, arrays=arrays)
 
     def _postprocess(self, outputs: dict[str, np.ndarray], group: list[Inputs]) -> list[dict[str, Any]]:
-        per_item: list[dict[str, Any]] = [{} for _ in group]
-        image_sizes = [None if item.image is None else item.image.shape[:2] for item in group]
-        for head_name, head in self.graph.heads.items():
-            prefix = output_name(head_name, "")
-            head_outputs = {k.removeprefix(prefix): v for k, v in outputs.items() if k.startswith(prefix)}
-            if head.reads_image_sizes:
-                results = head.postprocess(head_outputs, image_sizes=image_sizes)
-            else:
-                results = head.postprocess(head_outputs)
-            for index, result in enumerate(results):
-                per_item[index][head_name] = result
-        return per_item
+        return self.graph.postprocess(outputs, [None if item.image is None else item.image.shape[:2] for item in group])
 
     def prepare(self, inputs: Inputs) -> Inputs:
         """Decode and check every present input; reject modalities this pipeline has no encoder for."""
@@ -247,7 +237,9 @@ class Pipeline:
         for modalities, indices in groups.items():
             group = [prepared[i] for i in indices]
             arrays = self._preprocess(group, [getattr(item, "arrays", {}) for item in group])
-            per_item = self._postprocess(self.backend.run(arrays), group)
+            with tracing.span("backend.run", self._span_attributes(len(group))):
+                outputs = self.backend.run(arrays)
+            per_item = self._postprocess(outputs, group)
             per_item = self.recheck(per_item, arrays, group, self._postprocess)
             for index, heads in zip(indices, per_item):
                 results[index] = Prediction(
@@ -257,6 +249,16 @@ class Pipeline:
                     transcript=self._transcribe(prepared[index]),
                 )
         return results  # type: ignore[return-value]
+
+    def _span_attributes(self, items: int) -> dict[str, Any] | None:
+        """The backend.run span's attributes (None, nothing built, while tracing is off)."""
+        if not tracing.enabled():
+            return None
+        return {
+            tracing.MODEL_ATTRIBUTE: self.name,
+            "mmfusion.backend": self.backend.registry_name,
+            "mmfusion.items": items,
+        }
 
     def raw_outputs(self, batch: list[Inputs]) -> dict[str, np.ndarray]:
         """The backend's graph outputs ('<head>.<key>' arrays) for items carrying the same modalities."""

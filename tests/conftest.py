@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+LIBRIVOX = REPO / "tests" / "data" / "librivox"  # five LibriVox clips with transcripts (README beside them)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -10,16 +11,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmfusion.calls.batching import SpeechBatcher
 from mmfusion.calls.compliance import ComplianceReport, Utterance, check_compliance
 from mmfusion.calls.config import CallConfig, LabelSet, PhraseList, load_call_config, load_yaml_model
-from mmfusion.calls.decode import CallAudio, decode_call_audio
+from mmfusion.calls.decode import CallAudio, decode_call_audio, same_signal
 from mmfusion.calls.labels import Escalation, LabelResult, ZeroShotLabeller, combine, escalation_points
 from mmfusion.calls.metrics import call_metrics
-from mmfusion.calls.streaming import ChannelTracker, ClosedRegion
-from mmfusion.calls.transcribe import SegmentTranscriber
+from mmfusion.calls.streaming import ChannelTracker, ClosedRegion, SpokenHistory
+from mmfusion.calls.transcribe import SegmentTranscriber, SpeechRequest
 from mmfusion.config import ConfigError
+from mmfusion.media import SAMPLE_RATE
 from mmfusion.security.integrity import verified_reads
 from mmfusion.types import InputError, Inputs, Modality, Transcript, Word
+
+EMBEDDED_TEXTS = 256  # recent texts whose embeddings are kept (every label task of a segment reuses one)
+PROBE_MIN_SECONDS = 1.0  # stereo audio heard before deciding whether its channels are one signal
+PROBE_SECONDS = 5.0  # the longest a stereo call is held to decide (silence until then)
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,11 @@ class CallAnalyzer:
         if Modality.TEXT not in pipeline.modalities:
             raise ConfigError(f"{source}: call analysis needs a text encoder (text.hf) for its labels")
         self.transcriber = SegmentTranscriber(audio_encoder.model, config.asr)
+        workers = audio_encoder.params.num_workers  # whisper replicas: one batch each at a time
+        self.batcher = SpeechBatcher(self.transcriber, workers=workers)  # segments of concurrent calls decode together
         self.text_encoder = pipeline.graph.encoders[Modality.TEXT.value]
+        self._embedded: dict[str, np.ndarray] = {}  # the latest texts' embeddings, oldest first
+        self._embedding = threading.Lock()  # concurrent calls share the cache
         self.label_sets: dict[str, LabelSet] = {}
         self.zero_shot: dict[str, ZeroShotLabeller] = {}
         for task, spec in config.labels.items():
@@ -128,9 +139,18 @@ class CallAnalyzer:
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-length sentence embeddings (B, D) of texts with the pipeline's text encoder."""
-        pooled = self.text_encoder.encode(texts).pooled  # (B, D)
-        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        """Unit-length sentence embeddings (B, D) of texts; a segment's text is embedded once for all its tasks."""
+        with self._embedding:
+            known = {text: self._embedded[text] for text in texts if text in self._embedded}
+        missing = [text for text in dict.fromkeys(texts) if text not in known]
+        if missing:
+            pooled = self.text_encoder.encode(missing).pooled  # (M, D)
+            known.update(zip(missing, torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()))
+            with self._embedding:
+                self._embedded.update((text, known[text]) for text in missing)
+                while len(self._embedded) > EMBEDDED_TEXTS:
+                    self._embedded.pop(next(iter(self._embedded)))
+        return np.stack([known[text] for text in texts])  # (B, D)
 
     def speaker_of(self, channel: int, channel_count: int) -> str:
         return self.config.channels[channel] if channel_count == 2 else self.config.mono_speaker
@@ -150,20 +170,31 @@ class CallAnalyzer:
                 results[task] = self.zero_shot[task].classify([text])[0]
         return results
 
-    def segment(self, closed: ClosedRegion, channel_count: int) -> Segment:
-        """Transcribe and label one closed speech region."""
-        region = closed.region
-        said = self.transcriber.transcribe(closed.audio, offset=closed.start)
-        return Segment(
-            speaker=self.speaker_of(closed.channel, channel_count),
-            channel=closed.channel,
-            start=region.speech_start / 16000,
-            end=region.speech_end / 16000,
-            text=said.text,
-            language=said.language,
-            words=said.words,
-            labels=self.label(said.text, closed.audio),
+    def segments(
+        self, closed: list[ClosedRegion], channel_count: int, history: dict[int, SpokenHistory]
+    ) -> list[Segment]:
+        """Transcribe and label closed speech regions (one whisper batch), each prompted with its channel's text."""
+        spoken = [history.setdefault(region.channel, SpokenHistory()) for region in closed]
+        said = self.batcher.transcribe(
+            [SpeechRequest(region.audio, region.start, h.previous) for region, h in zip(closed, spoken)]
         )
+        for h, text in zip(spoken, said):
+            h.add(text)
+        out = []
+        for region, text in zip(closed, said):
+            out.append(
+                Segment(
+                    speaker=self.speaker_of(region.channel, channel_count),
+                    channel=region.channel,
+                    start=region.region.speech_start / 16000,
+                    end=region.region.speech_end / 16000,
+                    text=text.text,
+                    language=text.language,
+                    words=text.words,
+                    labels=self.label(text.text, region.audio),
+                )
+            )
+        return out
 
     def stream(self, channel_count: int) -> CallStream:
         """A live call: feed audio as it is recorded, get segments as they end."""
@@ -226,37 +257,79 @@ class CallAnalyzer:
 
 
 class CallStream:
-    """One call in progress: `feed` audio chunks ((C, n) or (n,) float32 at 16 kHz), then `finish`."""
+    """One call in progress: `feed` audio chunks ((C, n) or (n,) float32 at 16 kHz), then `finish`.
+
+    A stereo call is held until its channels are heard (at most `PROBE_SECONDS`): channels carrying the
+    same signal are one speaker stream (mixed to mono), otherwise each channel is a speaker.
+    """
 
     def __init__(self, analyzer: CallAnalyzer, channel_count: int) -> None:
         if channel_count not in (1, 2):
             raise InputError(f"audio channels: {channel_count}; expected 1 (mono) or 2 (agent and customer)")
         self.analyzer = analyzer
-        self.trackers = [ChannelTracker(channel, analyzer.config.vad) for channel in range(channel_count)]
+        self.channel_count = channel_count
+        self.held: list[np.ndarray] = []  # stereo audio until the channel layout is known
+        self.trackers: list[ChannelTracker] = []
+        if channel_count == 1:
+            self._start(1)
         self.segments: list[Segment] = []
+        self.history: dict[int, SpokenHistory] = {}  # channel -> what it said so far (whisper's prompt)
         self.samples = 0
+
+    def _start(self, speakers: int) -> None:
+        self.trackers = [ChannelTracker(channel, self.analyzer.config.vad) for channel in range(speakers)]
 
     def feed(self, chunk: np.ndarray) -> list[Segment]:
         """Add audio; returns the segments (partial results) whose speech ended within it."""
         chunk = np.asarray(chunk, np.float32)
         chunk = chunk[None] if chunk.ndim == 1 else chunk  # (C, n)
-        if chunk.ndim != 2 or chunk.shape[0] != len(self.trackers):
-            raise InputError(f"audio chunk of shape {chunk.shape}: expected ({len(self.trackers)}, samples)")
+        if chunk.ndim != 2 or chunk.shape[0] != self.channel_count:
+            raise InputError(f"audio chunk of shape {chunk.shape}: expected ({self.channel_count}, samples)")
         if not np.isfinite(chunk).all():
             raise InputError("audio chunk: NaN or infinite samples")
         self.samples += chunk.shape[1]
-        closed = [region for tracker, samples in zip(self.trackers, chunk) for region in tracker.feed(samples)]
-        return self._transcribe(closed)
+        if not self.trackers:
+            self.held.append(chunk)
+            chunk = self._probe(final=False)
+        return self._transcribe(self._track(chunk))
+
+    def _probe(self, final: bool) -> np.ndarray:
+        """Decide the channel layout once the held audio shows it; returns the audio to track now."""
+        held = np.concatenate(self.held, axis=1) if self.held else np.zeros((2, 0), np.float32)  # (2, n)
+        same = same_signal(held) if held.shape[1] >= PROBE_MIN_SECONDS * SAMPLE_RATE else None
+        if same is None and not final and held.shape[1] < PROBE_SECONDS * SAMPLE_RATE:
+            return held[:, :0]
+        self._start(1 if same else 2)
+        self.held = []
+        return held
+
+    def _track(self, chunk: np.ndarray) -> list[ClosedRegion]:
+        if chunk.shape[0] != len(self.trackers):
+            chunk = chunk.mean(0, keepdims=True)  # (1, n): one speaker stream on both channels
+        return [region for tracker, samples in zip(self.trackers, chunk) for region in tracker.feed(samples)]
 
     def _transcribe(self, closed: list[ClosedRegion]) -> list[Segment]:
-        new = [self.analyzer.segment(region, len(self.trackers)) for region in sorted(closed, key=lambda r: r.start)]
+        """Regions in one batch; conditioned on previous text, a channel's later region waits for its earlier one."""
+        pending = sorted(closed, key=lambda r: (r.start, r.channel))
+        conditioned = self.analyzer.config.asr.condition_on_previous_text
+        new: list[Segment] = []
+        while pending:
+            batch, later, seen = [], [], set()
+            for region in pending:
+                (later if conditioned and region.channel in seen else batch).append(region)
+                seen.add(region.channel)
+            new += self.analyzer.segments(batch, len(self.trackers), self.history)
+            pending = later
+        new.sort(key=lambda s: (s.start, s.channel))
         self.segments += new
         return new
 
     def finish(self) -> CallAnalysis:
         """Close the open segments and compute the call-level results."""
+        if not self.trackers:
+            self._transcribe(self._track(self._probe(final=True)))
         self._transcribe([region for tracker in self.trackers for region in tracker.finish()])
-        return self.analyzer.conclude(self.segments, self.trackers, self.samples / 16000)
+        return self.analyzer.conclude(self.segments, self.trackers, self.samples / SAMPLE_RATE)
 
 
 _ANALYZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -44,6 +44,19 @@ class AsrParams(_Strict):
     languages: list[str] = Field(default_factory=list)
     no_speech_threshold: float = Field(default=0.6, gt=0.0, le=1.0)
     window_margin_s: float = Field(default=1.0, ge=0.0, le=5.0)
+    min_window_s: float = Field(default=8.0, ge=1.0, le=30.0)
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1)
+    compression_ratio_threshold: float = Field(default=2.4, gt=1.0)
+    log_prob_threshold: float = Field(default=-1.0, lt=0.0)
+    tokens_per_second: float = Field(default=8.0, gt=0.0, le=50.0)
+    condition_on_previous_text: bool = False  # off, as faster-whisper's batched pipeline: segments batch freely
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperature_range(cls, temperatures: list[float]) -> list[float]:
+        if any(not 0.0 <= t <= 1.0 for t in temperatures) or temperatures != sorted(temperatures):
+            raise ValueError(f"temperatures {temperatures}: expected increasing values in [0, 1], e.g. [0.0, 0.2, 0.4]")
+        return temperatures
 
     @field_validator("languages")
     @classmethod

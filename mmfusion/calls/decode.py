@@ -21,6 +21,8 @@ from mmfusion.media import (
 from mmfusion.types import InputError
 
 MAX_CHANNELS = 2  # agent + customer; more channels are mixed down to these two by the decoder
+SAME_SIGNAL_CORRELATION = 0.95  # two channels this correlated carry one speaker stream
+AUDIBLE_RMS = 1e-3  # a channel quieter than this (about -60 dBFS) carries no signal
 PCM16 = 1  # pb.AUDIO_ENCODING_PCM16, without importing the proto here
 
 
@@ -50,6 +52,16 @@ def _checked(channels: np.ndarray, name: str, source_rate: int, max_seconds: flo
     if not np.isfinite(channels).all():
         raise InputError(f"{name}: audio has NaN or infinite samples")
     return CallAudio(np.ascontiguousarray(channels, dtype=np.float32), source_rate)
+
+
+def same_signal(channels: np.ndarray) -> bool | None:
+    """Whether the two channels (2, N) carry the same signal (a mono call recorded as stereo); None: both silent."""
+    loud = np.sqrt(np.square(channels, dtype=np.float64).mean(1))  # (2,) RMS
+    if loud.max() < AUDIBLE_RMS:
+        return None
+    if loud.min() < AUDIBLE_RMS:
+        return False
+    return bool(np.corrcoef(channels.astype(np.float64))[0, 1] > SAME_SIGNAL_CORRELATION)
 
 
 def resample(channels: np.ndarray, rate: int) -> np.ndarray:

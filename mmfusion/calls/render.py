@@ -9,7 +9,17 @@ def _clock(seconds: float) -> str:
 
 
 def _labels(labels: dict) -> str:
-    return ", ".join(f"{task} {value['label']} {value['score']:.2f}" for task, value in labels.items())
+    return ", ".join(f"{task} {value.get('label', '')} {value.get('score', 0.0):.2f}" for task, value in labels.items())
+
+
+def segment_line(segment: dict, width: int = 0) -> str:
+    """One segment (`Segment.to_dict()`, or a CallSegment as a dict) as `[start - end] speaker: text (labels)`."""
+    tags = _labels(segment.get("labels", {}))
+    return (
+        f"[{_clock(segment.get('start', 0.0))} - {_clock(segment.get('end', 0.0))}] "
+        f"{segment.get('speaker', ''):<{width}}: {segment.get('text') or '(no words)'}"
+        + (f"  ({tags})" if tags else "")
+    )
 
 
 def render_call(call: dict) -> str:
@@ -19,11 +29,7 @@ def render_call(call: dict) -> str:
     ]
     width = max((len(segment["speaker"]) for segment in call["segments"]), default=0)
     for segment in call["segments"]:
-        tags = _labels(segment["labels"])
-        lines.append(
-            f"  [{_clock(segment['start'])} - {_clock(segment['end'])}] {segment['speaker']:<{width}}: "
-            f"{segment['text'] or '(no words)'}" + (f"  ({tags})" if tags else "")
-        )
+        lines.append(f"  {segment_line(segment, width)}")
     if call["labels"]:
         lines.append(f"labels: {_labels(call['labels'])}")
     for escalation in call["escalations"]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmfusion.calls.config import VadParams
+from mmfusion.calls.transcribe import SpeechText
 from mmfusion.calls.vad import WINDOW, Segmenter, SpeechRegion, StreamingVad
 from mmfusion.media import SAMPLE_RATE
 
@@ -81,3 +82,18 @@ class ChannelTracker:
     def loudness_power(self) -> float | None:
         """Mean square of the speech samples so far; None before any speech."""
         return self.square_sum / self.speech_samples if self.speech_samples else None
+
+
+class SpokenHistory:
+    """The tokens a channel said most recently: whisper's previous-text prompt for its next segment."""
+
+    def __init__(self, keep: int = 224) -> None:
+        self.keep = keep
+        self.previous: tuple[int, ...] = ()
+
+    def add(self, said: SpeechText) -> None:
+        """Record a transcribed segment; one decoded hot (unreliable) resets the prompt, as whisper does."""
+        if said.conditions_next:
+            self.previous = (self.previous + said.tokens)[-self.keep :]
+        elif said.tokens:
+            self.previous = ()

@@ -94,7 +94,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mmfusion.evaluation.anomaly import evaluate
     from mmfusion.evaluation.report import write_report
 
-    summary, scored = evaluate(args.folder, args.test)
+    summary, scored = evaluate(args.folder, args.test, args.type_map)
     if args.report:
         summary["report"] = str(write_report(args.report, summary, scored))
     if args.json:
@@ -142,4 +142,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--test", required=True, help="test manifest CSV")
     evaluate.add_argument("--report", help="folder for report.html (curves, confusion matrix, worst misses)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    evaluate.add_argument(
+        "--type-map",
+        help="box type ids in the boxes files -> the model's box types: 'deeppcb' (1 open, 2 short, 3 mousebite, "
+        "4 spur, 5 copper, 6 pin-hole), a YAML/JSON file of 'ID: NAME' lines, or 1=open,2=short,... "
+        "(default: TEST.types.yaml beside the manifest, when present)",
+    )
     evaluate.set_defaults(run=_cmd_eval)

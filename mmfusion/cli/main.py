@@ -9,9 +9,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from mmfusion import __version__
 from mmfusion.cli.audio import add_commands as add_audio_commands
+from mmfusion.cli.cameras import add_commands as add_camera_commands
 from mmfusion.cli.data import add_commands as add_data_commands
 from mmfusion.cli.defects import add_commands as add_defect_commands
+from mmfusion.cli.log_options import add_log_options, logging_for
 from mmfusion.cli.prompts import add_commands as add_prompt_commands
 from mmfusion.cli.runtime import add_commands as add_runtime_commands
 from mmfusion.cli.security import add_commands as add_security_commands
@@ -149,6 +152,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="mmfusion", description="Multimodal inspection and analysis pipelines.")
+    parser.add_argument("--version", action="version", version=f"mmfusion {__version__}")
+    add_log_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered parts and models").set_defaults(run=_cmd_list)
     describe = sub.add_parser("describe", help="show a model's pipeline")
@@ -169,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", help="PNG file for the image with its anomaly heatmap and boxes")
     predict.set_defaults(run=_cmd_predict)
     demo = sub.add_parser("demo", help="run the embedded models on the sample inputs")
-    demo.add_argument("--samples", default=None, help="folder of sample inputs (default: the repo's samples/)")
+    demo.add_argument(
+        "--samples", default=None, help="sample inputs folder (default: $MMFUSION_SAMPLES, else the shipped samples/)"
+    )
     demo.add_argument("--out", default="out/demo", help="folder for the annotated stream frames")
     demo.add_argument("--no-service", action="store_true", help="skip the gRPC server part")
     demo.set_defaults(run=_cmd_demo)
@@ -181,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audio_commands(sub)
     add_prompt_commands(sub)
     add_data_commands(sub)
+    add_camera_commands(sub)
     return parser
 
 
@@ -190,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with logging_for(args):
+            return args.run(args)
     except (ConfigError, InputError, ValidationError, ValueError, OSError, ServerError) as error:
         message = " | ".join(line for line in str(error).splitlines() if line.strip())
         print(f"mmfusion: error: {message}", file=sys.stderr)

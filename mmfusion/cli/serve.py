@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
+from mmfusion.cli.log_options import add_log_options
+from mmfusion.logs import user_warning
 from mmfusion.types import InputError
+
+LOG = logging.getLogger("mmfusion.serving")
 
 
 def _security_options(args: argparse.Namespace) -> dict:
@@ -81,7 +84,7 @@ def _check_exposure(args: argparse.Namespace, authenticated: bool) -> None:
     if problems and not args.insecure:
         raise InputError(f"{'; '.join(problems)}; or pass --insecure to serve it anyway")
     if problems:
-        print(f"mmfusion: WARNING: --insecure: {'; '.join(problems)}", file=sys.stderr, flush=True)
+        user_warning(LOG, f"--insecure: {'; '.join(problems)}")
 
 
 def _audit_options(args: argparse.Namespace) -> dict:
@@ -125,13 +128,23 @@ def _rate(text: str) -> float:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mmfusion.serving import serve
+    from mmfusion import tracing
 
     if args.cache_mb < 0:
         raise InputError(f"--cache-mb {args.cache_mb}: expected megabytes >= 0 (0 disables the cache)")
     security = _security_options(args)
     if not args.require_manifest:
         _warn_unverified_models()
+    endpoint = args.otlp_endpoint or tracing.endpoint_from_environment()
+    with tracing.configured(endpoint=endpoint) as traced:
+        if traced:
+            LOG.info("tracing: spans exported over OTLP/gRPC to %s", endpoint)
+        return _serve(args, security)
+
+
+def _serve(args: argparse.Namespace, security: dict) -> int:
+    from mmfusion.serving import serve
+
     return serve(
         args.models,
         args.port,
@@ -147,6 +160,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         no_cache_models=args.no_cache_model,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        http_port=args.http_port,
         require_manifest=args.require_manifest,
         **_thread_options(args),
         **security,
@@ -174,13 +188,12 @@ def _thread_options(args: argparse.Namespace) -> dict:
 
 
 def _warn_unverified_models() -> None:
-    """--no-require-manifest: say on stderr and in the log that unsigned model folders load unverified."""
+    """--no-require-manifest: tell stderr (a log line when logs are JSON) that unsigned folders load unverified."""
     message = (
         "--no-require-manifest: model folders without manifest.json load UNVERIFIED (their files are not "
         "checked against sha256 hashes); sign them with `mmfusion manifest write DIR` instead"
     )
-    logging.getLogger("mmfusion.serving").warning(message)
-    print(f"mmfusion: WARNING: {message}", file=sys.stderr, flush=True)
+    user_warning(LOG, message)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -200,12 +213,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also serve KServe v2 over HTTP/REST on --host:N (off by default; Triton uses 8000); same auth, "
+        "RBAC, audit and TLS as the gRPC port",
+    )
+    serve.add_argument(
         "--metrics-host", default="127.0.0.1", help="/metrics listen address (plaintext; beyond loopback: --insecure)"
     )
     serve.add_argument(
         "--insecure",
         action="store_true",
         help="allow a non-loopback --host without TLS and authentication, or a non-loopback --metrics-host",
+    )
+    add_log_options(serve, inherit=True)
+    serve.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="export OpenTelemetry traces (RPC, queue, batch, backend) over OTLP/gRPC, e.g. http://collector:4317 "
+        "(default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off)",
     )
     serve.add_argument(
         "--require-manifest",

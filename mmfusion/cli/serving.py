@@ -1,4 +1,4 @@
-"""Service subcommands of `mmfusion`: serve, inspect, stream, audio."""
+"""Service subcommands of `mmfusion`: serve, inspect, stream, audio (a file, or a live call with --live)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mmfusion.cli.audio import DEFAULT_CALL_MODEL
 from mmfusion.cli.credentials import add_credential_options, client_credentials
 from mmfusion.types import InputError
 
@@ -122,9 +123,61 @@ def _cmd_audio(args: argparse.Namespace) -> int:
 
     if not Path(args.file).is_file():
         raise InputError(f"audio file {args.file!r} does not exist")
+    if args.live:
+        return _live_call(args)
+    if args.speed is not None:
+        raise InputError(f"--speed {args.speed:g}: only with --live (it paces a live call)")
+    args.server = args.server or DEFAULT_SERVER
     with _connect(args) as client:
-        _print_result(client.analyze_audio(args.model, Path(args.file), text=args.text or ""), args.json)
+        model = args.model or DEFAULT_AUDIO_MODEL
+        _print_result(client.analyze_audio(model, Path(args.file), text=args.text or ""), args.json)
     return 0
+
+
+def _live_call(args: argparse.Namespace) -> int:
+    """Play a file through StreamCall at real time (times --speed); print each segment as it comes, then the call.
+
+    Without --server, the model runs in a server of this process on a free loopback port.
+    """
+    from mmfusion.calls.decode import decode_call_audio
+
+    if args.speed is not None and not args.speed > 0:
+        raise InputError(f"--speed {args.speed:g}: expected a factor > 0 (1 = real time, 4 = four times faster)")
+    if args.text:
+        raise InputError("--text: a live call carries no text; leave it out with --live")
+    audio = decode_call_audio(Path(args.file), name=f"audio file {args.file!r}")  # channels kept: agent, customer
+    model = args.model or DEFAULT_CALL_MODEL
+    if args.server:
+        with _connect(args) as client:
+            _play_call(client, model, audio, args.speed or 1.0, args.json)
+        return 0
+    from mmfusion.serving import build_server
+
+    server = build_server([model], port=0).start()
+    args.server = f"127.0.0.1:{server.port}"
+    try:
+        with _connect(args) as client:
+            _play_call(client, model, audio, args.speed or 1.0, args.json)
+    finally:
+        server.stop(grace=5.0)
+    return 0
+
+
+def _play_call(client, model: str, audio, speed: float, as_json: bool) -> None:
+    from mmfusion.calls.render import segment_line
+    from mmfusion.client import CALL_CHUNK_SECONDS, paced, pcm16_chunks, to_dict
+    from mmfusion.media import SAMPLE_RATE
+
+    chunks = paced(pcm16_chunks(audio.channels, SAMPLE_RATE), CALL_CHUNK_SECONDS, speed)
+    for update in client.stream_call(model, chunks, sample_rate=SAMPLE_RATE, channels=audio.channel_count):
+        if update.HasField("summary"):
+            _print_result(update.summary, as_json)
+        elif as_json:
+            print(json.dumps(to_dict(update), ensure_ascii=False), flush=True)
+        else:
+            flags = f"  flags: {', '.join(update.segment.flags)}" if update.segment.flags else ""
+            line = segment_line(to_dict(update.segment))
+            print(f"at {update.received_seconds:6.1f} s  {line}{flags}", flush=True)
 
 
 def _connect(args: argparse.Namespace):
@@ -175,8 +228,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     stream.add_argument("--stream-id", default="camera-0")
     stream.set_defaults(run=_cmd_stream)
 
-    audio = sub.add_parser("audio", parents=[client_options], help="send an audio file to a server (AnalyzeAudio)")
+    audio = sub.add_parser(
+        "audio",
+        parents=[client_options],
+        help="send an audio file to a server (AnalyzeAudio), or play it as a live call (--live: StreamCall)",
+    )
     audio.add_argument("file", help="audio file (WAV, FLAC, MP3, ...)")
-    audio.add_argument("--model", default=DEFAULT_AUDIO_MODEL)
+    audio.add_argument("--model", default=None, help=f"default {DEFAULT_AUDIO_MODEL}; with --live {DEFAULT_CALL_MODEL}")
     audio.add_argument("--text", default=None)
-    audio.set_defaults(run=_cmd_audio)
+    audio.add_argument(
+        "--live",
+        action="store_true",
+        help="play the file at real time through StreamCall (channels kept) and print each segment as it ends; "
+        "without --server, in a server of this process on a free loopback port",
+    )
+    audio.add_argument("--speed", type=float, default=None, help="with --live: play this many times faster")
+    audio.set_defaults(run=_cmd_audio, server=None)  # a plain audio call without --server: the default server

@@ -1,14 +1,20 @@
-"""Image dataset manifests: CSV rows `image,label[,mask][,reference][,boxes]`, paths relative to the CSV."""
+"""Image dataset manifests: CSV rows `image,label[,mask][,reference][,boxes]`, paths relative to the CSV.
+
+Box types in boxes files are names (`open`, `scratch`) or, with a type map, ids mapped to names (DeepPCB's 1-6).
+"""
 
 from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import yaml
 
 from mmfusion.data.csv_rows import collect_rows, read_rows
 from mmfusion.types import InputError
@@ -18,6 +24,12 @@ REQUIRED_COLUMNS = ("image", "label")
 OPTIONAL_COLUMNS = ("mask", "reference", "boxes")
 BOOKKEEPING_COLUMNS = ("source", "augmentation", "group")
 """Accepted and ignored: written by `mmfusion data augment` (source row, transform) and used by `data split --group`."""
+TYPE_MAPS: dict[str, dict[str, str]] = {
+    "deeppcb": {"1": "open", "2": "short", "3": "mousebite", "4": "spur", "5": "copper", "6": "pin-hole"},
+}
+"""Built-in type maps by name: DeepPCB's numeric type codes -> the names the pcb-template model gives its boxes."""
+TYPE_MAP_SUFFIX = ".types.yaml"
+"""A manifest's own type map lies beside it: `test.csv` -> `test.types.yaml` (lines `ID: NAME`)."""
 
 
 class ManifestError(InputError):
@@ -26,7 +38,8 @@ class ManifestError(InputError):
 
 @dataclass(frozen=True)
 class Box:
-    """One ground-truth or predicted box in image pixels; `type` is the defect type."""
+    """One ground-truth or predicted box in image pixels; `type` is the defect type; `line` its line in the
+    boxes file it was read from (0 when it was not read from one)."""
 
     x1: float
     y1: float
@@ -34,9 +47,71 @@ class Box:
     y2: float
     type: str
     score: float = 1.0
+    line: int = field(default=0, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"x1": self.x1, "y1": self.y1, "x2": self.x2, "y2": self.y2, "label": self.type, "score": self.score}
+
+
+@dataclass(frozen=True)
+class TypeMap:
+    """Box type ids as written in boxes files -> type names; `source` (a built-in name or a file) names it in errors."""
+
+    names: dict[str, str]
+    source: str
+
+    def name(self, value: str, path: Path, line: int) -> str:
+        """The name of type id `value` read at `path`:`line`; InputError naming all four when the map lacks it."""
+        if value in self.names:
+            return self.names[value]
+        raise InputError(
+            f"{path}:{line}: type {value!r} is not in the type map {self.source}; "
+            f"expected one of {', '.join(self.names)}"
+        )
+
+
+def read_type_map(spec: str | Path | Mapping[Any, Any] | TypeMap) -> TypeMap:
+    """A type map from a built-in name (`deeppcb`), a YAML or JSON file of `ID: NAME`, inline `1=open,2=short`
+    or a mapping; InputError saying what was expected otherwise."""
+    if isinstance(spec, TypeMap):
+        return spec
+    if isinstance(spec, Mapping):
+        raw, source = spec, "given"
+    else:
+        text = str(spec).strip()
+        if text in TYPE_MAPS:
+            raw, source = TYPE_MAPS[text], repr(text)
+        elif Path(text).is_file():
+            source = str(text)
+            try:
+                raw = yaml.safe_load(Path(text).read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError) as error:
+                problem = str(error).splitlines()[0]
+                raise InputError(
+                    f"{text}: not a YAML or JSON type map ({problem}); expected lines 'ID: NAME'"
+                ) from None
+        elif "=" in text:
+            raw, source = {}, repr(text)
+            for item in text.split(","):
+                key, equals, value = (part.strip() for part in item.partition("="))
+                if not equals or not key:
+                    raise InputError(
+                        f"type map {text!r}: {item.strip()!r} is not ID=NAME; expected e.g. 1=open,2=short"
+                    )
+                raw[key] = value
+        else:
+            raise InputError(
+                f"type map {text!r}: not a built-in map ({', '.join(TYPE_MAPS)}), an existing YAML/JSON file, "
+                "or ID=NAME pairs such as 1=open,2=short"
+            )
+    if not isinstance(raw, Mapping) or not raw:
+        raise InputError(f"type map {source}: got {raw!r}; expected a mapping of box type ids to names, e.g. 1: open")
+    names = {}
+    for key, value in raw.items():
+        if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
+            raise InputError(f"type map {source}: id {key!r} maps to {value!r}; expected a type name")
+        names[str(key).strip()] = str(value).strip()
+    return TypeMap(names, source)
 
 
 @dataclass(frozen=True)
@@ -49,6 +124,7 @@ class ManifestRow:
     mask: Path | None = None
     reference: Path | None = None
     boxes: Path | None = None
+    type_map: TypeMap | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_good(self) -> bool:
@@ -71,7 +147,7 @@ class ManifestRow:
 
     def read_boxes(self) -> list[Box]:
         """The ground-truth boxes, when the row has a boxes file."""
-        return [] if self.boxes is None else read_boxes(self.boxes)
+        return [] if self.boxes is None else read_boxes(self.boxes, self.type_map)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -82,8 +158,11 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_boxes(path: Path) -> list[Box]:
-    """A boxes file: one `x1 y1 x2 y2 type` line per box (commas also accepted); blank lines skipped."""
+def read_boxes(path: Path, type_map: TypeMap | None = None) -> list[Box]:
+    """A boxes file: one `x1 y1 x2 y2 type` line per box (commas also accepted); blank lines skipped.
+
+    With a type map the last field is an id (DeepPCB's `1`-`6`) and the box gets the map's name for it.
+    """
     boxes = []
     for number, text in enumerate(Path(path).read_text().splitlines(), start=1):
         fields = text.replace(",", " ").split()
@@ -97,7 +176,8 @@ def read_boxes(path: Path) -> list[Box]:
             raise InputError(f"{path}:{number}: coordinates must be numbers, got {text!r}") from None
         if x2 <= x1 or y2 <= y1:
             raise InputError(f"{path}:{number}: expected x1 < x2 and y1 < y2, got {text!r}")
-        boxes.append(Box(x1, y1, x2, y2, fields[4]))
+        kind = fields[4] if type_map is None else type_map.name(fields[4], path, number)
+        boxes.append(Box(x1, y1, x2, y2, kind, line=number))
     return boxes
 
 
@@ -106,7 +186,9 @@ def _image_size(path: Path) -> tuple[int, int] | None:
     return None if image is None else image.shape[:2]
 
 
-def _check_row(line: int, values: dict[str, str], root: Path, problems: list[str]) -> ManifestRow | None:
+def _check_row(
+    line: int, values: dict[str, str], root: Path, problems: list[str], type_map: TypeMap | None = None
+) -> ManifestRow | None:
     """Resolve and check one row; append each problem found to `problems` (the row is dropped if any)."""
     count = len(problems)
     paths: dict[str, Path | None] = {}
@@ -138,23 +220,32 @@ def _check_row(line: int, values: dict[str, str], root: Path, problems: list[str
             problems.append(f"line {line}: {column}: size {w}x{h} differs from the image's {iw}x{ih}")
     if paths["boxes"] is not None:
         try:
-            read_boxes(paths["boxes"])
+            read_boxes(paths["boxes"], type_map)
         except InputError as error:
             problems.append(f"line {line}: boxes: {error}")
     if len(problems) > count:
         return None
-    return ManifestRow(line, paths["image"], label, paths["mask"], paths["reference"], paths["boxes"])
+    return ManifestRow(line, paths["image"], label, paths["mask"], paths["reference"], paths["boxes"], type_map)
 
 
-def load_manifest(path: str | Path) -> list[ManifestRow]:
-    """Read and check every row; ManifestError listing every bad row (with line numbers) before any work."""
+def load_manifest(
+    path: str | Path, type_map: str | Path | Mapping[Any, Any] | TypeMap | None = None
+) -> list[ManifestRow]:
+    """Read and check every row; ManifestError listing every bad row (with line numbers) before any work.
+
+    `type_map` (see read_type_map) maps the boxes files' type ids to names; without one, the manifest's own
+    `<stem>.types.yaml` beside it is used when present, else box types are read as written.
+    """
+    if type_map is None and Path(path).with_suffix(TYPE_MAP_SUFFIX).is_file():
+        type_map = Path(path).with_suffix(TYPE_MAP_SUFFIX)
+    types = None if type_map is None else read_type_map(type_map)
     rows = read_rows(
         path, "manifest", REQUIRED_COLUMNS, REQUIRED_COLUMNS + OPTIONAL_COLUMNS + BOOKKEEPING_COLUMNS, ManifestError
     )
     root = Path(path).parent
 
     def check(line: int, values: dict[str, str], problems: list[str]) -> ManifestRow | None:
-        return _check_row(line, values, root, problems)
+        return _check_row(line, values, root, problems, types)
 
     return collect_rows(path, rows, check, ManifestError, "at least one image")
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from mmfusion.media import decode_audio, decode_image
 from mmfusion.pipeline import Pipeline
 from mmfusion.registry import ENCODERS
+from mmfusion.resources import samples_root
 from mmfusion.types import Modality
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 DEMO_MODEL = "pcb-inspect"
 TEMPLATE_MODEL = "pcb-template"
 
@@ -123,7 +123,7 @@ def template_inspection(samples: Path) -> None:
 
 def run_demo(samples: str | Path | None = None, out_dir: str | Path = "out/demo", service: bool = True) -> None:
     """Run the local sections, then (with `service`) the gRPC ones, and print a readable summary."""
-    samples = Path(samples) if samples else SAMPLES
+    samples = Path(samples) if samples else samples_root()
     started = time.perf_counter()
     print(f"mmfusion demo: embedded real models, CPU, no downloads (samples: {samples})\n")
     pipeline = Pipeline(DEMO_MODEL)

@@ -32,6 +32,7 @@ class FasterWhisperParams(PartParams):
     beam_size: int = Field(default=5, ge=1, le=32)
     language: str | None = None
     cpu_threads: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=1, ge=1, le=16)  # model replicas that run concurrently (CTranslate2 inter_threads)
     vad_filter: bool = False
 
     @field_validator("language")
@@ -80,6 +81,7 @@ class FasterWhisperEncoder(Encoder):
                 device=params.device,
                 compute_type=params.compute_type,
                 cpu_threads=params.cpu_threads,
+                num_workers=params.num_workers,
             )
         except ValueError as error:  # e.g. a compute_type the device does not support
             raise ValueError(f"model_dir {str(folder)!r}: {error}") from None

@@ -12,11 +12,17 @@ import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 from tqdm import tqdm
 
-from mmfusion.data.manifest import GOOD, Box, ManifestRow, load_manifest
-from mmfusion.types import Inputs, Modality
+from mmfusion.data.manifest import GOOD, TYPE_MAP_SUFFIX, Box, ManifestRow, TypeMap, load_manifest
+from mmfusion.types import InputError, Inputs, Modality
 
 PASS_LABELS = frozenset({GOOD, "pass", ""})
-PIXEL_SIDE = 256  # maps and masks are compared at most this large (long side), so big images stay cheap
+UNTYPED_BOX = "defect"
+TYPE_MAP_HINT = (
+    "; map type ids to these names with a type map: `--type-map deeppcb` (DeepPCB's 1-6), `--type-map FILE` "
+    f"(a YAML file of 'ID: NAME' lines) or such a file beside the manifest (test.csv: test{TYPE_MAP_SUFFIX})"
+)
+PIXEL_SIDE = 256  # maps are kept at most this large (long side) per row, so big test sets stay small in memory
+PIXEL_BINS = 1 << 16  # pixel AUROC counts pixels in this many score bins, so its memory does not grow with the set
 EVAL_BATCH = 8
 
 
@@ -29,6 +35,7 @@ class Scored:
     score: float
     anomaly_map: np.ndarray | None = None
     boxes: list[Box] = field(default_factory=list)
+    map_size: tuple[int, int] | None = None  # (H, W) of the head's map before shrink_map: the image's size
 
     @property
     def truth_defective(self) -> bool:
@@ -47,8 +54,9 @@ def scored_from_result(row: ManifestRow, result: dict[str, Any]) -> Scored:
     ]
     score = result.get("raw_score", result.get("score", 0.0))
     anomaly_map = result.get("anomaly_map", result.get("heatmap"))
+    map_size = None if anomaly_map is None else tuple(np.shape(anomaly_map)[:2])
     anomaly_map = None if anomaly_map is None else shrink_map(anomaly_map)
-    return Scored(row, str(result.get("label") or ""), float(score), anomaly_map, boxes)
+    return Scored(row, str(result.get("label") or ""), float(score), anomaly_map, boxes, map_size)
 
 
 def _rate(values: np.ndarray) -> float:
@@ -70,16 +78,32 @@ def shrink_map(anomaly_map: np.ndarray) -> np.ndarray:
     return cv2.resize(anomaly_map, size, interpolation=cv2.INTER_AREA)
 
 
-def mask_like(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A mask resized to a (shrunk) map's shape; a pixel counts as defect if any of it is."""
-    if mask.shape == shape:
-        return mask
-    return cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) > 0
+def map_like(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A (shrunk) map resized to a mask's (H, W) (bilinear), so pixels are judged at the mask's own resolution."""
+    if anomaly_map.shape == shape:
+        return anomaly_map
+    return cv2.resize(anomaly_map, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def binned_auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """AUROC from counts of positive and negative pixels per score bin (ascending); pixels in one bin are ties."""
+    positives, negatives = positive.sum(), negative.sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    below = np.cumsum(negative) - negative  # negatives in lower bins, per bin
+    wins = (positive * below).sum() + 0.5 * (positive * negative).sum()
+    return float(wins / (float(positives) * float(negatives)))
 
 
 def pixel_auroc(scored: list[Scored]) -> float | None:
-    """AUROC of anomaly-map pixels against masks (good rows without a mask count as all good); None without masks."""
-    scores, truth = [], []
+    """AUROC of anomaly-map pixels against masks at each mask's own resolution (the map upsampled to it); good rows
+    without a mask count as all good at their image's size; None without masks.
+
+    Pixels are counted in PIXEL_BINS equal score bins between the lowest and highest map value, pixels of one
+    bin counted as ties (as equal scores are): memory stays constant however many pixels there are, and the
+    figure differs from the exact one by at most the share of (defect, good) pixel pairs sharing a bin.
+    """
+    pairs = []
     for item in scored:
         if item.anomaly_map is None:
             continue
@@ -87,12 +111,21 @@ def pixel_auroc(scored: list[Scored]) -> float | None:
         if mask is None:
             if item.truth_defective:
                 continue
-            mask = np.zeros(item.anomaly_map.shape, bool)
-        scores.append(item.anomaly_map.ravel())
-        truth.append(mask_like(mask, item.anomaly_map.shape).ravel())
-    if not truth or not any(t.any() for t in truth):
+            mask = np.zeros(item.map_size or item.anomaly_map.shape, bool)
+        pairs.append((item.anomaly_map, mask))
+    if not any(mask.any() for _, mask in pairs):
         return None
-    return _auroc(np.concatenate(truth), np.concatenate(scores))
+    low = min(float(anomaly_map.min()) for anomaly_map, _ in pairs)
+    high = max(float(anomaly_map.max()) for anomaly_map, _ in pairs)
+    scale = (PIXEL_BINS - 1) / (high - low) if high > low else 0.0
+    positive = np.zeros(PIXEL_BINS, np.int64)
+    negative = np.zeros(PIXEL_BINS, np.int64)
+    for anomaly_map, mask in pairs:
+        values = map_like(anomaly_map, mask.shape)  # (H, W) at the mask's resolution
+        bins = np.clip(((values - low) * scale).astype(np.int64), 0, PIXEL_BINS - 1)
+        positive += np.bincount(bins[mask], minlength=PIXEL_BINS)
+        negative += np.bincount(bins[~mask], minlength=PIXEL_BINS)
+    return binned_auroc(positive, negative)
 
 
 def image_metrics(scored: list[Scored]) -> dict[str, float]:
@@ -140,11 +173,35 @@ def confusion(scored: list[Scored]) -> tuple[list[str], list[str], np.ndarray]:
     return true_labels, predicted_labels, counts
 
 
-def box_section(scored: list[Scored], iou_threshold: float = 0.33) -> dict[str, Any] | None:
+def box_types(labels: list[str]) -> list[str]:
+    """The box types a head's labels name: its labels less the pass labels and the untyped `defect`."""
+    return [label for label in labels if label not in PASS_LABELS and label != UNTYPED_BOX]
+
+
+def check_box_types(scored: list[Scored], types: list[str], head: str) -> None:
+    """InputError at the first true box whose type is not one of the head's box types, naming the boxes file,
+    its line, the type and the types expected (with how to map ids such as DeepPCB's 1-6 to them)."""
+    for item in scored:
+        for box in item.row.read_boxes():
+            if box.type in types:
+                continue
+            mapped = f" after the type map {item.row.type_map.source}" if item.row.type_map else ""
+            hint = TYPE_MAP_HINT if item.row.type_map is None else ""
+            raise InputError(
+                f"{item.row.boxes}:{box.line}: box type {box.type!r}{mapped} is not one of the box types of head "
+                f"{head} ({', '.join(types)}){hint}"
+            )
+
+
+def box_section(
+    scored: list[Scored], iou_threshold: float = 0.33, types: list[str] | None = None, head: str = ""
+) -> dict[str, Any] | None:
     """Box metrics (DeepPCB protocol) when the manifest has boxes and the head gives boxes.
 
-    Typed boxes (the head's box labels are defect types of the manifest) are matched by type; otherwise
-    the boxes are matched ignoring type and reported under `any_type`.
+    A head whose boxes carry its box `types` (box_types of its labels) is scored by type, and every true box
+    must then have one of them (InputError otherwise, see check_box_types). Without `types`, boxes are
+    typed when the head's box labels are defect types of the manifest; otherwise they are matched ignoring
+    type and reported under `any_type`.
     """
     from mmfusion.evaluation.boxes import box_metrics
 
@@ -153,6 +210,9 @@ def box_section(scored: list[Scored], iou_threshold: float = 0.33) -> dict[str, 
         return None
     truth_types = {box.type for boxes in truth for box in boxes}
     predicted_types = {box.type for item in scored for box in item.boxes}
+    if types and predicted_types <= set(types):
+        check_box_types(scored, types, head)
+        return {"typed": True, **box_metrics([item.boxes for item in scored], truth, iou_threshold)}
     if predicted_types & truth_types:
         return {"typed": True, **box_metrics([item.boxes for item in scored], truth, iou_threshold)}
     untyped = [[Box(b.x1, b.y1, b.x2, b.y2, "defect", b.score) for b in boxes] for boxes in truth]
@@ -160,13 +220,13 @@ def box_section(scored: list[Scored], iou_threshold: float = 0.33) -> dict[str, 
     return {"typed": False, **box_metrics(predicted, untyped, iou_threshold)}
 
 
-def head_metrics(scored: list[Scored]) -> dict[str, Any]:
-    """Every metric of one head: image metrics, pixel AUROC when masks exist, boxes, per class."""
+def head_metrics(scored: list[Scored], types: list[str] | None = None, head: str = "") -> dict[str, Any]:
+    """Every metric of one head: image metrics, pixel AUROC when masks exist, boxes (see box_section), per class."""
     metrics: dict[str, Any] = image_metrics(scored)
     pixels = pixel_auroc(scored)
     if pixels is not None:
         metrics["pixel_auroc"] = pixels
-    boxes = box_section(scored)
+    boxes = box_section(scored, types=types, head=head)
     if boxes is not None:
         overall = boxes["overall"]
         if boxes["typed"]:
@@ -206,12 +266,18 @@ def score_rows(
     return scored, elapsed
 
 
-def evaluate(model_dir: str | Path, test_manifest: str | Path) -> tuple[dict[str, Any], dict[str, list[Scored]]]:
-    """Run a fitted model over a test manifest: (metrics summary, scored rows per evaluated head)."""
+def evaluate(
+    model_dir: str | Path, test_manifest: str | Path, type_map: str | Path | TypeMap | None = None
+) -> tuple[dict[str, Any], dict[str, list[Scored]]]:
+    """Run a fitted model over a test manifest: (metrics summary, scored rows per evaluated head).
+
+    `type_map` maps the boxes files' type ids to the model's box types (see data.manifest.read_type_map);
+    without one the manifest's own `<stem>.types.yaml` is used when present.
+    """
     from mmfusion.config import ConfigError
     from mmfusion.pipeline import Pipeline
 
-    rows = load_manifest(test_manifest)
+    rows = load_manifest(test_manifest, type_map)
     pipeline = Pipeline(model_dir)
     try:
         scored, elapsed = score_rows(pipeline, rows)
@@ -220,7 +286,7 @@ def evaluate(model_dir: str | Path, test_manifest: str | Path) -> tuple[dict[str
     heads = [name for name, items in scored.items() if len(items) == len(rows)]
     if not heads:
         raise ConfigError(f"{model_dir}: no head gives a label and a score for every image; nothing to evaluate")
-    per_head = {name: head_metrics(scored[name]) for name in heads}
+    per_head = {name: head_metrics(scored[name], box_types(pipeline.config.heads[name].labels), name) for name in heads}
     summary: dict[str, Any] = {
         "model": pipeline.name,
         "test": str(test_manifest),

@@ -87,14 +87,22 @@ def worst(scored: list[Scored]) -> tuple[list[Scored], list[Scored]]:
     return defective[:WORST_SHOWN], good[:WORST_SHOWN]
 
 
+def verdict(item: Scored) -> str:
+    """'missed' (a defective part passed as good), 'false detection' (a good part flagged defective) or 'correct'."""
+    if item.truth_defective and not item.predicted_defective:
+        return "missed"
+    if item.predicted_defective and not item.truth_defective:
+        return "false detection"
+    return "correct"
+
+
 def _gallery(title: str, items: list[Scored]) -> str:
     if not items:
         return ""
     cells = []
     for item in items:
-        verdict = "missed" if item.truth_defective != item.predicted_defective else "correct"
         caption = html.escape(f"{item.row.image.name}: true {item.row.label}, predicted {item.label or 'good'} "
-                              f"({verdict}), score {item.score:.3g}")  # fmt: skip
+                              f"({verdict(item)}), score {item.score:.3g}")  # fmt: skip
         cells.append(
             f'<figure><img src="data:image/png;base64,{_thumbnail(item)}"><figcaption>{caption}</figcaption></figure>'
         )

@@ -91,7 +91,8 @@ def calibrate_boxes(
     _check_rule(rule)
     scores, hits, positives = ranked_matches(candidates, truth, head.params.iou_threshold)
     threshold, figures = choose_box_threshold(scores, hits, positives, rule, target_fdr, head.params.min_score)
-    head.calibration = {"threshold": threshold, "rule": rule, "target_fdr": target_fdr, **figures}
+    recorded = {k: v for k, v in head.calibration.items() if k == "split"}  # the training split outlives re-calibration
+    head.calibration = {"threshold": threshold, "rule": rule, "target_fdr": target_fdr, **figures, **recorded}
     return {"threshold": threshold, **figures}
 
 

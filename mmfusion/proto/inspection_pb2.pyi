@@ -91,17 +91,19 @@ class InspectRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., reference_image: _Optional[_Union[Image, _Mapping]] = ..., text: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., include_heatmap: _Optional[bool] = ..., include_embedding: _Optional[bool] = ...) -> None: ...
 
 class StreamOptions(_message.Message):
-    __slots__ = ("max_pending_frames", "smoothing_window", "smoothing_min_count")
+    __slots__ = ("max_pending_frames", "smoothing_window", "smoothing_min_count", "include_heatmap")
     MAX_PENDING_FRAMES_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_WINDOW_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_MIN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_HEATMAP_FIELD_NUMBER: _ClassVar[int]
     max_pending_frames: int
     smoothing_window: int
     smoothing_min_count: int
-    def __init__(self, max_pending_frames: _Optional[int] = ..., smoothing_window: _Optional[int] = ..., smoothing_min_count: _Optional[int] = ...) -> None: ...
+    include_heatmap: bool
+    def __init__(self, max_pending_frames: _Optional[int] = ..., smoothing_window: _Optional[int] = ..., smoothing_min_count: _Optional[int] = ..., include_heatmap: _Optional[bool] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("stream_id", "sequence_number", "capture_time", "image", "model", "version", "text", "options")
+    __slots__ = ("stream_id", "sequence_number", "capture_time", "image", "model", "version", "text", "options", "reference_image")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +112,7 @@ class Frame(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sequence_number: int
     capture_time: _timestamp_pb2.Timestamp
@@ -118,7 +121,8 @@ class Frame(_message.Message):
     version: str
     text: str
     options: StreamOptions
-    def __init__(self, stream_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., text: _Optional[str] = ..., options: _Optional[_Union[StreamOptions, _Mapping]] = ...) -> None: ...
+    reference_image: Image
+    def __init__(self, stream_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., text: _Optional[str] = ..., options: _Optional[_Union[StreamOptions, _Mapping]] = ..., reference_image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("model", "version", "encoding", "sample_rate", "channels", "data", "text")
@@ -137,6 +141,28 @@ class AudioChunk(_message.Message):
     data: bytes
     text: str
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., data: _Optional[bytes] = ..., text: _Optional[str] = ...) -> None: ...
+
+class CallConfig(_message.Message):
+    __slots__ = ("model", "version", "encoding", "sample_rate", "channels")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    encoding: AudioEncoding
+    sample_rate: int
+    channels: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
+
+class CallRequest(_message.Message):
+    __slots__ = ("config", "audio")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    config: CallConfig
+    audio: bytes
+    def __init__(self, config: _Optional[_Union[CallConfig, _Mapping]] = ..., audio: _Optional[bytes] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("model", "version", "images", "text")
@@ -296,6 +322,45 @@ class FrameResult(_message.Message):
     skipped_sequence_numbers: _containers.RepeatedScalarFieldContainer[int]
     smoothed_verdict: str
     def __init__(self, stream_id: _Optional[str] = ..., sequence_number: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[InspectionResult, _Mapping]] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ..., skipped_sequence_numbers: _Optional[_Iterable[int]] = ..., smoothed_verdict: _Optional[str] = ...) -> None: ...
+
+class CallSegment(_message.Message):
+    __slots__ = ("speaker", "channel", "start", "end", "text", "language", "words", "labels", "flags")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: HeadResult
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[HeadResult, _Mapping]] = ...) -> None: ...
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    speaker: str
+    channel: int
+    start: float
+    end: float
+    text: str
+    language: str
+    words: _containers.RepeatedCompositeFieldContainer[Word]
+    labels: _containers.MessageMap[str, HeadResult]
+    flags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, speaker: _Optional[str] = ..., channel: _Optional[int] = ..., start: _Optional[float] = ..., end: _Optional[float] = ..., text: _Optional[str] = ..., language: _Optional[str] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., labels: _Optional[_Mapping[str, HeadResult]] = ..., flags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CallUpdate(_message.Message):
+    __slots__ = ("segment", "summary", "received_seconds")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    segment: CallSegment
+    summary: InspectionResult
+    received_seconds: float
+    def __init__(self, segment: _Optional[_Union[CallSegment, _Mapping]] = ..., summary: _Optional[_Union[InspectionResult, _Mapping]] = ..., received_seconds: _Optional[float] = ...) -> None: ...
 
 class ReportChunk(_message.Message):
     __slots__ = ("text", "fields", "final")

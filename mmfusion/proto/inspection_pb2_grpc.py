@@ -49,6 +49,11 @@ class InspectionStub:
                 request_serializer=mmfusion_dot_v1_dot_inspection__pb2.AudioChunk.SerializeToString,
                 response_deserializer=mmfusion_dot_v1_dot_inspection__pb2.InspectionResult.FromString,
                 _registered_method=True)
+        self.StreamCall = channel.stream_stream(
+                '/mmfusion.v1.Inspection/StreamCall',
+                request_serializer=mmfusion_dot_v1_dot_inspection__pb2.CallRequest.SerializeToString,
+                response_deserializer=mmfusion_dot_v1_dot_inspection__pb2.CallUpdate.FromString,
+                _registered_method=True)
         self.GenerateReport = channel.unary_stream(
                 '/mmfusion.v1.Inspection/GenerateReport',
                 request_serializer=mmfusion_dot_v1_dot_inspection__pb2.ReportRequest.SerializeToString,
@@ -104,6 +109,15 @@ class InspectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamCall(self, request_iterator, context):
+        """A live call on a call model: a CallConfig first, then audio as it is recorded. Each segment goes out
+        as soon as its speech ended (final: it never changes), with the flags that fired with it; the last
+        message is the call summary. Bad input ends the call with INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GenerateReport(self, request, context):
         """Images and text in, report text in chunks out; UNIMPLEMENTED for a model with no report head.
         """
@@ -154,6 +168,11 @@ def add_InspectionServicer_to_server(servicer, server):
                     servicer.AnalyzeAudio,
                     request_deserializer=mmfusion_dot_v1_dot_inspection__pb2.AudioChunk.FromString,
                     response_serializer=mmfusion_dot_v1_dot_inspection__pb2.InspectionResult.SerializeToString,
+            ),
+            'StreamCall': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamCall,
+                    request_deserializer=mmfusion_dot_v1_dot_inspection__pb2.CallRequest.FromString,
+                    response_serializer=mmfusion_dot_v1_dot_inspection__pb2.CallUpdate.SerializeToString,
             ),
             'GenerateReport': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateReport,
@@ -262,6 +281,33 @@ class Inspection:
             '/mmfusion.v1.Inspection/AnalyzeAudio',
             mmfusion_dot_v1_dot_inspection__pb2.AudioChunk.SerializeToString,
             mmfusion_dot_v1_dot_inspection__pb2.InspectionResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamCall(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mmfusion.v1.Inspection/StreamCall',
+            mmfusion_dot_v1_dot_inspection__pb2.CallRequest.SerializeToString,
+            mmfusion_dot_v1_dot_inspection__pb2.CallUpdate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,8 @@
 The cached export lives in <export cache>/<model>/<fingerprint>/onnx/ (`export_cache`), outside the signed model
 folder; the fingerprint covers the folder's files, the version, the graph's weights and the exporter versions, so a
 changed model gets a new export. It is verified against its own sha256 manifest on every load and rebuilt when it fails.
+On CPUs with int8 dot products, an INT8 export beside it (onnx-int8/) runs instead where its check passes
+(`auto_int8`: verdicts as FP32 torch on the model's calibration images, and faster here).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from mmfusion.config import AUTO_BACKEND, ConfigError, RuntimeSpec
 from mmfusion.encoders.embedded import cache_root
 from mmfusion.graph import PipelineGraph
 from mmfusion.registry import BACKENDS
+from mmfusion.repository.auto_int8 import forced_fp32, int8_decision
 from mmfusion.repository.export_build import build_export
 from mmfusion.repository.exports import export_dir, load_backend
 from mmfusion.repository.versions import VERSIONS_DIR
 from mmfusion.runtime.base import Backend
-from mmfusion.runtime.exported import EXPORT_FILE, OpenedExport, exporter_versions, read_export
-from mmfusion.runtime.quantize import cpu_int8_dot_product
+from mmfusion.runtime.exported import EXPORT_FILE, ExportInfo, OpenedExport, exporter_versions, read_export
 from mmfusion.runtime.specs import default_groups
 from mmfusion.security.integrity import MANIFEST_NAME, sha256_file
 from mmfusion.types import Modality
@@ -106,40 +108,50 @@ def _torch_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
     )
 
 
-def _open_onnx(runtime: RuntimeSpec, graph: PipelineGraph, folder: Path) -> Backend:
-    """An onnxruntime backend on the verified export in `folder` (ConfigError when it does not verify)."""
+def _open_onnx(runtime: RuntimeSpec, graph: PipelineGraph, folder: Path, info: ExportInfo | None = None) -> Backend:
+    """An onnxruntime backend on the export in `folder`, verified here unless `info` says it just was."""
     backend = BACKENDS.get("onnxruntime")(_onnx_runtime(runtime))
-    backend.load(graph, OpenedExport(folder, read_export(folder)))
+    backend.load(graph, OpenedExport(folder, info or read_export(folder)))
     return backend
 
 
-def int8_note() -> str:
-    """Why INT8 is not chosen automatically on this CPU."""
-    dot = cpu_int8_dot_product()
-    if not dot:
-        return "int8 not used: this CPU has no VNNI/AMX int8 dot products"
-    return (
-        f"int8 not used: this CPU has {', '.join(dot)}, but a verdict-parity check needs a calibration set "
-        "(export one with `mmfusion export --precision int8 --calibration`)"
-    )
+def _fp32_export(name: str, version: int, graph: PipelineGraph, folder: Path) -> tuple[str, ExportInfo]:
+    """The cached FP32 export in `folder`, verified (built when absent or refused); how it was had, its info."""
+    if (folder / EXPORT_FILE).is_file():
+        try:
+            return "cached export", read_export(folder)
+        except ConfigError as error:
+            LOG.warning("%s: cached export refused, rebuilding it: %s", name, error)
+            how = "rebuilt cached export (the old one failed verification)"
+    else:
+        how = "built and cached export"
+    modalities = [Modality(key) for key in graph.encoders]
+    build_export(name, version, graph, default_groups(modalities), folder)
+    return how, read_export(folder)
 
 
 def _cached(name: str, version: int, graph: PipelineGraph, model_dir: Path, runtime: RuntimeSpec) -> BackendChoice:
-    """The cached export (built under a lock when absent or when it fails verification), on onnxruntime."""
+    """The cached export (built under a lock when absent or refused) on onnxruntime: INT8 where its check passed."""
     folder = cached_export_dir(name, model_fingerprint(model_dir, version, graph))
+    fp32: list[tuple[str, ExportInfo]] = []
+
+    def fp32_info() -> ExportInfo:  # verified (or built) only when needed: a chosen INT8 export does without it
+        if not fp32:
+            fp32.append(_fp32_export(name, version, graph, folder))
+        return fp32[0][1]
+
     with _locked(folder.parent / ".lock"):
-        how = "cached export"
-        if (folder / EXPORT_FILE).is_file():
+        int8 = int8_decision(model_dir, runtime, graph, name, folder, fp32_info)
+        note = int8.note
+        if int8.folder is not None:
             try:
-                return BackendChoice(_open_onnx(runtime, graph, folder), f"{how} {folder}")
-            except ConfigError as error:
-                LOG.warning("%s: cached export refused, rebuilding it: %s", name, error)
-                how = "rebuilt cached export (the old one failed verification)"
-        else:
-            how = "built and cached export"
-        modalities = [Modality(key) for key in graph.encoders]
-        build_export(name, version, graph, default_groups(modalities), folder)
-        return BackendChoice(_open_onnx(runtime, graph, folder), f"{how} {folder}")
+                backend = _open_onnx(runtime, graph, int8.folder, int8.info)
+                return BackendChoice(backend, f"{note}; cached export {int8.folder}")
+            except Exception as error:  # noqa: BLE001 - the FP32 export is right there
+                LOG.warning("%s: the INT8 export did not load, staying on FP32: %s", name, error)
+                note = f"int8 not used: its export did not load ({type(error).__name__}: {error})"
+        info = fp32_info()
+        return BackendChoice(_open_onnx(runtime, graph, folder, info), f"{fp32[0][0]} {folder}; {note}")
 
 
 def _onnx_choice(model_dir: Path, runtime: RuntimeSpec, version: int, graph: PipelineGraph, name: str) -> BackendChoice:
@@ -161,11 +173,10 @@ def load_auto_backend(
     model_dir: Path, runtime: RuntimeSpec, version: int, graph: PipelineGraph, name: str
 ) -> BackendChoice:
     """ONNX Runtime on the model's export when it can be had and passes its checks, else torch with the reason."""
+    forced_fp32(runtime)  # a mistyped $MMFUSION_AUTO_PRECISION is the user's to fix, not a reason to fall back
     try:
         choice = _onnx_choice(model_dir, runtime, version, graph, name)
-        precision = choice.backend.precision
-        note = f"; {int8_note()}" if precision == "fp32" else ""
-        return BackendChoice(choice.backend, f"onnxruntime {precision} (auto): {choice.reason}{note}")
+        return BackendChoice(choice.backend, f"onnxruntime {choice.backend.precision} (auto): {choice.reason}")
     except Exception as error:  # noqa: BLE001 - any failure of the fast path falls back to the reference
         LOG.warning("%s: backend auto falls back to torch: %s", name, error)
         backend = BACKENDS.get("torch")(_torch_runtime(runtime))

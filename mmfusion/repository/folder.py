@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mmfusion import resources
 from mmfusion.config import CONFIG_FILE, ConfigError, PipelineConfig, load_config
 from mmfusion.parts import load_all
 from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, VerifiedFolder, open_manifest, verified_reads
 
-REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"  # the checkout's models/ (tests use it by name)
 FITTED_DIR = "fitted"  # fitted/<head name>/: what a head learned from data (memory bank, weights, calibration)
 CALL_FILE = "call.yaml"  # a call-analysis model's settings (VAD, ASR, labels, phrase lists)
 
 
 def models_root() -> Path:
-    """The model repository: $MMFUSION_MODELS, else the `models/` folder beside the package."""
-    return Path(os.environ.get("MMFUSION_MODELS", REPO_MODELS))
+    """The model repository: $MMFUSION_MODELS, else `models/` of the checkout or of the installed wheel."""
+    return resources.models_root()
 
 
 def model_folders(root: Path | None = None) -> dict[str, Path]:

@@ -38,6 +38,8 @@ class ExportedGraph:
     """Weights a static INT8 export kept at 16 bits to hold its output fidelity (see runtime.quantize)."""
     weight_bits: int | None = None
     """INT8 exports: 7 (made on a CPU without int8 dot-product instructions) or 8 (made on one with them)."""
+    fp32_layers: list[str] = field(default_factory=list)
+    """Weight layers (node names) a static INT8 graph left in FP32: the prefix `backend: auto` keeps wide."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class ExportedGraph:
             "engine": self.engine,
             "int16_weights": self.int16_weights,
             "weight_bits": self.weight_bits,
+            "fp32_layers": self.fp32_layers,
         }
 
     @classmethod
@@ -63,6 +66,7 @@ class ExportedGraph:
             engine=dict(raw.get("engine") or {}),
             int16_weights=list(raw.get("int16_weights") or []),
             weight_bits=raw.get("weight_bits"),
+            fp32_layers=list(raw.get("fp32_layers") or []),
         )
 
 

@@ -21,7 +21,10 @@ ALWAYS_ALLOWED_SERVICES = (
 DEFAULT_POLICY = {
     "roles": {
         "operator": {"rpcs": ["Inspect", "StreamInspect", "ListModels", "GetModel"], "models": ["pcb-*"]},
-        "analyst": {"rpcs": ["AnalyzeAudio", "GenerateReport", "ListModels", "GetModel"], "models": ["*"]},
+        "analyst": {
+            "rpcs": ["AnalyzeAudio", "StreamCall", "GenerateReport", "ListModels", "GetModel"],
+            "models": ["*"],
+        },
         "admin": {"rpcs": ["*"], "models": ["*"]},
     }
 }

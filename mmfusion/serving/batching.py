@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mmfusion import tracing
 from mmfusion.pipeline import Pipeline
 from mmfusion.types import InputError, Inputs
 
@@ -148,15 +149,24 @@ class ModelRunner:
     def _run(self, arrays: Arrays) -> Arrays:
         """One backend call; errors the request checks cannot see are the request's fault."""
         try:
-            return self.pipeline.backend.run(arrays)
+            with tracing.span("backend.run", self._span_attributes(_rows(arrays))):
+                return self.pipeline.backend.run(arrays)
         except (RuntimeError, IndexError, ValueError) as error:
             raise InputError(f"model {self.pipeline.name!r} cannot run these inputs: {error}") from None
+
+    def _span_attributes(self, rows: int) -> dict[str, Any] | None:
+        """A KServe backend.run span's attributes (None, nothing built, while tracing is off)."""
+        if not tracing.enabled():
+            return None
+        backend = self.pipeline.backend.registry_name
+        return {tracing.MODEL_ATTRIBUTE: self.pipeline.name, "mmfusion.backend": backend, "mmfusion.items": rows}
 
     def _run_joined(self, requests: list[Arrays]) -> list[Arrays] | None:
         """Run requests concatenated along the batch axis and split the outputs; None if that fails."""
         sizes = [_rows(arrays) for arrays in requests]
         joined = {name: np.concatenate([arrays[name] for arrays in requests]) for name in requests[0]}  # (sum B, ...)
-        outputs, error = _attempt(self.pipeline.backend.run, joined)
+        with tracing.span("backend.run", self._span_attributes(sum(sizes))):
+            outputs, error = _attempt(self.pipeline.backend.run, joined)
         if error is not None or any(np.shape(array)[:1] != (sum(sizes),) for array in outputs.values()):
             return None
         offsets = np.cumsum(sizes)[:-1]

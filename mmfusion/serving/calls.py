@@ -2,8 +2,8 @@
 
 AnalyzeAudio stays client-streaming: the chunks of a call are gathered, then the whole call runs
 as one item on the model's scheduler thread, and the single result carries every segment (speaker,
-times, text, words, labels) in `heads["call"].extra`. Partial results while a call goes on are
-available in-process (`CallAnalyzer.stream()`); see docs/audio.md.
+times, text, words, labels) in `heads["call"].extra`. Partial results while a call goes on come from
+StreamCall (serving/call_stream.py), whose last message is this same result; see docs/audio.md.
 """
 
 from __future__ import annotations

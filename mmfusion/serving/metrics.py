@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.metrics_core import Metric
+
+from mmfusion.serving.collectors import GpuCollector, SchedulerCollector, SchedulerSource
+from mmfusion.serving.statistics import InferenceStatistics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+RPC_SECONDS_BUCKETS = (*SECONDS_BUCKETS, 30.0, 60.0, 300.0, 1800.0)  # streaming calls last minutes
+RPC_LABELS = ("service", "method", "kind", "model", "code")
 
 # Triton's cumulative per-model counters. prometheus_client always exposes a counter as NAME_total,
 # while Triton's dashboards and alerts query the bare names, so these are exposed by a small
@@ -70,6 +85,7 @@ class ServiceMetrics:
         self.registry = registry or CollectorRegistry()
         self.triton = _TritonCounters()
         self.registry.register(self.triton)
+        self.statistics = InferenceStatistics()  # the same counts with durations, for KServe ModelStatistics
         model_version = ("model", "version")
         self.queue_seconds = Histogram(
             "mmfusion_queue_seconds",
@@ -117,22 +133,61 @@ class ServiceMetrics:
             "Audit events that could not be written, and calls refused for it (serve --audit-fail-closed)",
             registry=self.registry,
         )
+        self.rpc_requests = Counter(
+            "mmfusion_rpc_requests",
+            "Finished gRPC calls by service, method, kind (unary, server_stream...), model and status code",
+            RPC_LABELS,
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "mmfusion_rpc_duration_seconds",
+            "Time from a gRPC call's start to its end (a stream: while it was open)",
+            RPC_LABELS[:-1],
+            buckets=RPC_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.streams_open = Gauge(
+            "mmfusion_streams_open",
+            "Streaming calls open now (each holds a stream-pool thread)",
+            registry=self.registry,
+        )
+        self.streams_open.set_function(lambda: 0)
+        self.schedulers = SchedulerCollector()
+        self.registry.register(self.schedulers)
+        self.registry.register(GpuCollector())
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=self.registry)  # python_info
         self._http: WSGIServer | None = None
 
-    def record_request(self, model: str, version: int | str, success: bool) -> None:
-        """Count one finished inference request as a success or a failure."""
+    def record_rpc(self, service: str, method: str, kind: str, model: str, code: str, seconds: float) -> None:
+        """Count and time one finished gRPC call (model: '' when it names no loaded model)."""
+        self.rpc_requests.labels(service, method, kind, model, code).inc()
+        self.rpc_seconds.labels(service, method, kind, model).observe(seconds)
+
+    def watch_streams(self, count: Callable[[], int]) -> None:
+        """Read mmfusion_streams_open from `count()` at each scrape (the stream guard's open calls)."""
+        self.streams_open.set_function(count)
+
+    def watch_schedulers(self, source: SchedulerSource) -> None:
+        """Read the loaded models' schedulers, (model, version, scheduler) from `source()`, at each scrape."""
+        self.schedulers.watch(source)
+
+    def record_request(self, model: str, version: int | str, success: bool, seconds: float | None = None) -> None:
+        """Count one finished inference request as a success or a failure (`seconds`: its time, when measured)."""
         name = "nv_inference_request_success" if success else "nv_inference_request_failure"
         self.triton.add(name, model, str(version), 1)
+        self.statistics.record_request(model, version, success, seconds)
 
     @contextmanager
     def request(self, model: str, version: int | str) -> Iterator[None]:
         """Count the request run in the with-block: a success if it returns, a failure if it raises."""
+        started = time.monotonic()
         try:
             yield
         except BaseException:
-            self.record_request(model, version, success=False)
+            self.record_request(model, version, success=False, seconds=time.monotonic() - started)
             raise
-        self.record_request(model, version, success=True)
+        self.record_request(model, version, success=True, seconds=time.monotonic() - started)
 
     def record_batch(
         self, model: str, version: int | str, batch_size: int, queue_seconds: Sequence[float], compute_seconds: float
@@ -147,6 +202,7 @@ class ServiceMetrics:
         self.triton.add("nv_inference_count", *labels, batch_size)
         self.triton.add("nv_inference_queue_duration_us", *labels, sum(queue_seconds) * 1e6)
         self.triton.add("nv_inference_compute_infer_duration_us", *labels, compute_seconds * 1e6 * batch_size)
+        self.statistics.record_batch(model, version, batch_size, queue_seconds, compute_seconds)
         self.batch_size.labels(*labels).observe(batch_size)
         self.compute_seconds.labels(*labels).observe(compute_seconds)
         queue_histogram = self.queue_seconds.labels(*labels)

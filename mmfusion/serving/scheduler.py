@@ -14,7 +14,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from mmfusion import tracing
+from mmfusion.logs import current_request_id, request_id_bound
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,31 @@ class _Pending(Generic[T, R]):
     enqueued: float
     deadline: float | None
     future: Future = field(default_factory=Future)
+    request_id: str | None = None  # the submitting call's, for the batch's logs and spans
+    trace: Any = None  # the submitting call's trace context (tracing on): parent of its queue span
+    enqueued_ns: int = 0  # time.time_ns() at submit (tracing on): the queue span's start
+
+
+class _BusyClock:
+    """Seconds the workers of a scheduler spent running batches; a batch still running counts so far."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0.0
+        self._since: dict[int, float] = {}  # worker thread id -> start of its running batch
+
+    def begin(self, now: float) -> None:
+        with self._lock:
+            self._since[threading.get_ident()] = now
+
+    def end(self, now: float) -> None:
+        with self._lock:
+            self._total += now - self._since.pop(threading.get_ident(), now)
+
+    def seconds(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            return self._total + sum(now - since for since in self._since.values())
 
 
 class BatchScheduler(Generic[T, R]):
@@ -129,6 +157,8 @@ class BatchScheduler(Generic[T, R]):
         self._queued = 0
         self._closing = False
         self._abandon = False
+        self._busy = _BusyClock()
+        self.started_at = time.monotonic()
         self._workers = [
             threading.Thread(target=self._serve, args=(runner,), name=f"scheduler-{name}-{index}", daemon=True)
             for index, runner in enumerate(runners)
@@ -157,6 +187,10 @@ class BatchScheduler(Generic[T, R]):
         """True once every worker thread has ended: no batch runs now or later."""
         return not any(worker.is_alive() for worker in self._workers)
 
+    def busy_seconds(self) -> float:
+        """Seconds the workers have spent running batches since the scheduler started, summed over workers."""
+        return self._busy.seconds()
+
     def stream_depth(self, stream_id: str | None) -> int:
         """Unserved items of one stream (None: the shared pseudo-stream of unary requests)."""
         with self._cond:
@@ -166,6 +200,9 @@ class BatchScheduler(Generic[T, R]):
         """Queue one item; the future resolves to its result (deadline is a time.monotonic() instant)."""
         now = time.monotonic()
         pending = _Pending(item, _stream_key(stream_id), now, self._queue_deadline(now, deadline))
+        pending.request_id = current_request_id()
+        if tracing.enabled():
+            pending.trace, pending.enqueued_ns = tracing.current_context(), time.time_ns()
         with self._cond:
             if self._closing:
                 raise SchedulerClosedError(f"model {self.name!r}: the scheduler is shutting down")
@@ -305,21 +342,33 @@ class BatchScheduler(Generic[T, R]):
 
     def _run(self, batch: list[_Pending], run_batch: Callable[[list[T]], Sequence[R]]) -> None:
         """Run the backend on one batch and resolve every future of it, whatever happens."""
+        ids = {pending.request_id for pending in batch}
+        with request_id_bound(ids.pop() if len(ids) == 1 else None):  # a batch of one call logs its request id
+            self._run_batch(batch, run_batch)
+
+    def _run_batch(self, batch: list[_Pending], run_batch: Callable[[list[T]], Sequence[R]]) -> None:
         started = time.monotonic()
         queue_seconds = [started - pending.enqueued for pending in batch]
+        span = self._trace(batch) if tracing.enabled() else None
+        self._busy.begin(started)
         try:
-            results = list(run_batch([pending.item for pending in batch]))
+            with tracing.use(span):
+                results = list(run_batch([pending.item for pending in batch]))
             if len(results) != len(batch):
                 raise SchedulerError(
                     f"model {self.name!r}: run_batch returned {len(results)} results for {len(batch)} items"
                 )
         except BaseException as error:  # every waiter must learn of the failure, even on SystemExit
+            self._busy.end(time.monotonic())
+            tracing.end(span, error)
             for pending in batch:
                 pending.future.set_exception(error)
             if not isinstance(error, Exception):
                 raise
             log.warning("model %r: batch of %d failed: %s", self.name, len(batch), error)
         else:
+            self._busy.end(time.monotonic())
+            tracing.end(span)  # before the callers wake: their RPC spans end after their batch's
             for pending, result in zip(batch, results):
                 pending.future.set_result(result)
         compute_seconds = time.monotonic() - started
@@ -330,6 +379,27 @@ class BatchScheduler(Generic[T, R]):
                 self._on_batch(len(queue_seconds), queue_seconds, compute_seconds)
             except Exception:
                 log.exception("model %r: on_batch hook failed", self.name)
+
+    def _trace(self, batch: list[_Pending]) -> Any:
+        """Record each traced item's queue span and start the batch's span (None when no item is traced).
+
+        The batch span is a child of its first traced item's call and links to every traced item's call.
+        """
+        now_ns = time.time_ns()
+        parents = [pending.trace for pending in batch if pending.trace is not None]
+        for pending in batch:
+            if pending.trace is not None:
+                attributes = {tracing.MODEL_ATTRIBUTE: self.name}
+                if pending.request_id:
+                    attributes[tracing.REQUEST_ID_ATTRIBUTE] = pending.request_id
+                tracing.record_span("queue", pending.enqueued_ns, now_ns, pending.trace, attributes)
+        if not parents:
+            return None  # housekeeping (warm-ups, probes) submitted outside any call
+        attributes = {tracing.MODEL_ATTRIBUTE: self.name, "mmfusion.batch_size": len(batch)}
+        request_ids = [pending.request_id for pending in batch if pending.request_id]
+        if request_ids:
+            attributes["mmfusion.request_ids"] = request_ids
+        return tracing.start_span("batch", attributes, parent=parents[0], links=parents)
 
 
 def _stream_key(stream_id: str | None) -> object:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +21,10 @@ from mmfusion.security.limits import RateLimit
 from mmfusion.security.network import TrustedProxies
 from mmfusion.security.tls import NginxFront, TlsFiles, find_nginx
 from mmfusion.serving.cache import ResultCache
-from mmfusion.serving.interceptors import ServerSecurity, build_interceptors, build_security
+from mmfusion.serving.interceptors import ServerSecurity, TelemetryInterceptor, build_interceptors, build_security
 from mmfusion.serving.interceptors.guard import DEFAULT_MAX_OPEN_STREAMS, StreamGuard
 from mmfusion.serving.kserve import KSERVE_SERVICE_NAME, add_kserve_to_server
+from mmfusion.serving.kserve_http import KServeHttpServer
 from mmfusion.serving.memory import ReleasingExecutor
 from mmfusion.serving.metrics import ServiceMetrics
 from mmfusion.serving.models import MIN_GRACE_SECONDS, ModelManager
@@ -32,6 +33,7 @@ from mmfusion.serving.scheduler import BatchingConfig
 from mmfusion.serving.servicer import DEFAULT_MAX_AUDIO_BYTES, InspectionServicer
 from mmfusion.serving.stream_limits import DEFAULT_FIRST_MESSAGE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 
+LOG = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inspection"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -54,9 +56,12 @@ class InspectionServer:
         security: ServerSecurity | None = None,
         front: NginxFront | None = None,
         guard: StreamGuard | None = None,
+        http: KServeHttpServer | None = None,
     ) -> None:
         self.grpc_server = grpc_server
         self.guard = guard  # the streaming calls' pool, cap and time limits
+        self.http = http  # KServe v2 HTTP/REST on a second port (None: off)
+        self.http_port = http.port if http is not None else None
         self.port = front.port if front is not None else port  # where clients connect
         self.grpc_port = port  # the gRPC server's own port: loopback behind the TLS front
         self.front = front
@@ -85,6 +90,12 @@ class InspectionServer:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.health.set(KSERVE_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        if self.http is not None:
+            try:
+                self.http.start()
+            except OSError:
+                self.stop(grace=0)
+                raise
         if self.front is not None:
             try:
                 self.front.start()
@@ -102,9 +113,13 @@ class InspectionServer:
         self._stopped.set()
         deadline = time.monotonic() + (grace or 0.0)
         self.health.enter_graceful_shutdown()
+        if self.http is not None:  # new HTTP requests are answered 503; those in flight go on
+            self.http.stop_accepting()
         if self.guard is not None:  # open streams take no more frames: they answer those they took and end
             self.guard.stop_accepting()
         self.grpc_server.stop(grace).wait()  # calls in flight wait on their queued work, which keeps being served
+        if self.http is not None:
+            self.http.close(max(deadline - time.monotonic(), MIN_GRACE_SECONDS))
         if self.guard is not None:
             self.guard.close()
         if self.front is not None:
@@ -172,6 +187,7 @@ def build_server(
     max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS,
     first_message_timeout_s: float = DEFAULT_FIRST_MESSAGE_TIMEOUT_S,
     stream_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    http_port: int | None = None,
 ) -> InspectionServer:
     """Load the models (names in the repository or folders), bind host:port (0 = any free port); not started.
 
@@ -203,6 +219,9 @@ def build_server(
     listings or Inspect. A client stream must send its first message within `first_message_timeout_s`
     and then one at least every `stream_idle_timeout_s` (DEADLINE_EXCEEDED otherwise); on stop, open
     streams take no new messages, answer those they took and end UNAVAILABLE.
+
+    `http_port` (None: off; 0 = any free port) also serves KServe v2 over HTTP/REST on host:http_port
+    (kserve_http.py): the same servicer behind the same interceptor chain; with `tls`, TLS 1.3 of its own.
     """
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"max_workers={max_workers!r}: expected a whole number of threads >= 1")
@@ -250,16 +269,20 @@ def build_server(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    interceptors = [guard, *build_interceptors(security)]  # the guard outermost: it picks the call's thread pool
+    metrics.watch_streams(lambda: guard.open_streams)
+    metrics.watch_schedulers(lambda: [(entry.name, entry.version, entry.scheduler) for entry in manager.loaded()])
+    telemetry = TelemetryInterceptor(metrics, known_model=lambda name: name in manager.loaded_names())
+    chain = build_interceptors(security, telemetry)  # also in front of the KServe HTTP port
+    interceptors = [guard, *chain]  # the guard outermost: it picks the thread pool
     server = grpc.server(ReleasingExecutor(max_workers), options=options, interceptors=interceptors)
     servicer = InspectionServicer(manager, max_audio_bytes, metrics, cache, frozenset(no_cache_models))
     pb_grpc.add_InspectionServicer_to_server(servicer, server)
-    add_kserve_to_server(manager, server, metrics)
+    kserve = add_kserve_to_server(manager, server, metrics)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (SERVICE_NAME, KSERVE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(services, server)
     grpc_host, grpc_port = ("127.0.0.1", 0) if tls is not None else (host, port)  # behind the front: loopback only
-    front = None
+    front = http = None
     try:
         bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
     except RuntimeError as error:
@@ -273,14 +296,15 @@ def build_server(
             front = NginxFront(
                 port, bound, tls.cert, tls.key, tls.client_ca, listen_address=host, max_body_bytes=max_message_bytes
             )
+        if http_port is not None:
+            http = KServeHttpServer(kserve, chain, host, http_port, max_message_bytes, max_workers, tls)
     except BaseException:
         manager.close(0)
         if security is not None:
             security.close()
         raise
-    return InspectionServer(
-        server, bound, manager, health_servicer, metrics, cache, metrics_port, metrics_host, security, front, guard
-    )
+    parts = (server, bound, manager, health_servicer, metrics, cache, metrics_port, metrics_host, security, front)
+    return InspectionServer(*parts, guard, http)
 
 
 def serve(
@@ -312,10 +336,12 @@ def serve(
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     loaded = ", ".join(server.models.loaded_names()) or "no models"
     front = f" (TLS 1.3 only, nginx front; gRPC on 127.0.0.1:{server.grpc_port})" if server.front else ""
-    print(f"mmfusion: serving {loaded} on {host}:{server.port}{front}", flush=True)
+    LOG.info("serving %s on %s:%d%s", loaded, host, server.port, front)
     if server.metrics_port is not None:
         metrics_host = options.get("metrics_host", "127.0.0.1")
-        print(f"mmfusion: metrics on http://{metrics_host}:{server.metrics_port}/metrics", flush=True)
+        LOG.info("metrics on http://%s:%d/metrics", metrics_host, server.metrics_port)
+    if server.http is not None:
+        LOG.info("KServe v2 HTTP/REST on %s:%d", host, server.http_port)
     status = 0
     try:
         while not stop_requested.is_set():
@@ -323,23 +349,25 @@ def serve(
             wake.clear()
             if server.front is not None and not server.front.running():
                 log = " ".join(server.front.error_log().split())[-400:] or "no log"
-                print(f"mmfusion: error: the TLS front (nginx) exited; stopping: {log}", file=sys.stderr, flush=True)
+                LOG.error("the TLS front (nginx) exited; stopping: %s", log)
                 status = 1
                 break
             if reload_requested.is_set():
                 reload_requested.clear()
                 if server.security is not None:
-                    ok = server.reload_security()
-                    print(
-                        f"mmfusion: {'reloaded' if ok else 'kept the previous'} keys and access policy",
-                        flush=True,
-                    )
+                    if server.reload_security():
+                        LOG.info("reloaded keys and access policy")
+                    else:
+                        LOG.warning("kept the previous keys and access policy")
                 if server.front is not None:
                     server.front.reload()
-                    print("mmfusion: the TLS front re-read its certificate files", flush=True)
+                    LOG.info("the TLS front re-read its certificate files")
+                if server.http is not None and server.http.tls is not None:
+                    server.http.reload_tls()
+                    LOG.info("the KServe HTTP port re-read its certificate files")
     finally:
         server.stop(grace)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print("mmfusion: server stopped", flush=True)
+    LOG.info("server stopped")
     return status

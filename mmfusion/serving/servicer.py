@@ -16,6 +16,7 @@ from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.proto import inspection_pb2_grpc as pb_grpc
 from mmfusion.serving.batching import Outcome, Predict
 from mmfusion.serving.cache import ResultCache
+from mmfusion.serving.call_stream import call_updates
 from mmfusion.serving.convert import (
     REPORT_HEAD_KINDS,
     decode_audio_bytes,
@@ -96,7 +97,9 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             return FrameWork(failed(error), entry, received, received)
         try:
             image = image_from_proto(frame.image, "frame.image") if frame.HasField("image") else None
-            inputs = Inputs(image=image, text=frame.text or None)
+            if frame.HasField("reference_image"):
+                stream.reference = image_from_proto(frame.reference_image, "frame.reference_image")
+            inputs = Inputs(image=image, text=frame.text or None, reference=stream.reference)
             if not inputs.present():
                 raise InputError("frame: no image and no text; a frame needs at least one")
             work = Predict(entry.pipeline.ready(inputs))  # decoded and preprocessed on the stream's thread
@@ -126,7 +129,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         if error is not None:
             reply.error.CopyFrom(pb.FrameError(code=status_of(error).name, message=one_line(error)))
             return reply
-        reply.result.CopyFrom(prediction_to_proto(outcome.value, work.entry))
+        reply.result.CopyFrom(prediction_to_proto(outcome.value, work.entry, include_heatmap=stream.include_heatmap))
         reply.result.timings.CopyFrom(timings(work.received, work.submitted, outcome))
         reply.smoothed_verdict = stream.smooth(reply.result.verdict)
         return reply
@@ -186,6 +189,10 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         result = call_to_proto(outcome.unwrap(), entry.name, entry.version)
         result.timings.CopyFrom(timings(received, submitted, outcome))
         return result
+
+    def StreamCall(self, request_iterator, context: grpc.ServicerContext) -> Iterator[pb.CallUpdate]:
+        with rpc_errors(context):
+            yield from call_updates(self.models, request_iterator, context, self.metrics, self.max_audio_bytes)
 
     def GenerateReport(self, request: pb.ReportRequest, context: grpc.ServicerContext) -> Iterator[pb.ReportChunk]:
         with rpc_errors(context):

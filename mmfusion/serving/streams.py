@@ -13,6 +13,7 @@ are answered before the call ends with that status.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import Counter, deque
@@ -70,6 +71,8 @@ class StreamState:
     smoothing_window: int
     last_sequence: int
     smoothing_min_count: int = 0
+    include_heatmap: bool = False
+    reference: Any = None  # the decoded golden template (H, W, 3) of template models, from a frame's reference_image
     pending: deque[FrameSlot] = field(default_factory=deque)
     skipped: list[int] = field(default_factory=list)
     verdicts: deque = field(default_factory=deque)
@@ -131,7 +134,9 @@ class StreamSession:
         self._error: Exception | None = None
         self._ending: StreamEnded | None = None  # the server ended the input: raised once the answers are out
         self.seen_any = False
-        self._reader = threading.Thread(target=self._read, name=f"stream-reader-{call_id}", daemon=True)
+        # in the call's context: its frames are queued under its request id and RPC span (logs, traces)
+        reader = contextvars.copy_context().run
+        self._reader = threading.Thread(target=reader, args=(self._read,), name=f"stream-reader-{call_id}", daemon=True)
         self._reader.start()
 
     @property
@@ -169,6 +174,7 @@ class StreamSession:
                 smoothing_window=options.smoothing_window,
                 last_sequence=-1,
                 smoothing_min_count=options.smoothing_min_count,
+                include_heatmap=options.include_heatmap,
             )
         elif frame.model and frame.model != stream.model:
             raise InputError(

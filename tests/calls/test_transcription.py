@@ -9,7 +9,7 @@ from mmfusion.calls.asr_eval import score
 from mmfusion.calls.decode import decode_call_audio
 from mmfusion.media import SAMPLE_RATE, decode_audio
 from tests.calls.conftest import CLIP, speech_span, wav_bytes
-from tests.conftest import SHARED_DATASETS
+from tests.conftest import LIBRIVOX
 
 MAX_WER = 0.10
 
@@ -26,8 +26,8 @@ def test_sample_clip_transcribed_with_word_timings(analyzer, clip):
     assert abs(words[0].start - first) < 0.5 and abs(words[-1].end - last) < 0.5
 
 
-def test_librivox_clips_word_error_rate(analyzer, shared_datasets):
-    clips = sorted((shared_datasets / "librivox-speech").glob("*.wav"))
+def test_librivox_clips_word_error_rate(analyzer):
+    clips = sorted(LIBRIVOX.glob("*.wav"))
     assert clips, "librivox-speech has no clips"
     errors = words = 0
     for path in clips:
@@ -39,9 +39,8 @@ def test_librivox_clips_word_error_rate(analyzer, shared_datasets):
 
 
 def second_clip(clip_path) -> np.ndarray:
-    """Another speaker's clip: a different LibriVox clip when the shared datasets are here, else the sample."""
-    other = SHARED_DATASETS / "librivox-speech" / "sense_and_sensibility_01_austen_64kb-0880.wav"
-    return decode_audio(other if other.is_file() else clip_path)
+    """Another speaker's clip: a different LibriVox clip."""
+    return decode_audio(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav")
 
 
 def stereo_call(agent: np.ndarray, customer: np.ndarray, customer_offset: float) -> np.ndarray:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mmfusion.data.manifest import ManifestError, load_manifest, read_boxes, write_manifest
+from mmfusion.data.manifest import ManifestError, load_manifest, read_boxes, read_type_map, write_manifest
 from mmfusion.types import InputError
 
 
@@ -79,3 +79,53 @@ def test_bad_boxes_file_names_its_line(tmp_path):
     path.write_text("5 6 2 9 open\n")
     with pytest.raises(InputError, match="x1 < x2"):
         read_boxes(path)
+
+
+def deeppcb_ids_manifest(tmp_path):
+    """A manifest whose boxes file uses DeepPCB's type ids, comma- and space-separated."""
+    part = image(tmp_path / "part.png", size=(64, 48))
+    boxes = tmp_path / "part.txt"
+    boxes.write_text("1,2,10,12,1\n\n20 20 30 30 6\n")
+    return write_manifest(tmp_path / "test.csv", [{"image": part, "label": "defect", "boxes": boxes}])
+
+
+def test_a_type_map_names_deeppcb_type_ids(tmp_path):
+    manifest = deeppcb_ids_manifest(tmp_path)
+    assert [b.type for b in load_manifest(manifest)[0].read_boxes()] == ["1", "6"]  # as written, without a map
+    for spec in ("deeppcb", "1=open,6=pin-hole", {1: "open", 6: "pin-hole"}):
+        (row,) = load_manifest(manifest, spec)
+        assert [(b.type, b.line) for b in row.read_boxes()] == [("open", 1), ("pin-hole", 3)]
+    (tmp_path / "map.yaml").write_text("1: open\n6: pin-hole\n")
+    assert [b.type for b in load_manifest(manifest, tmp_path / "map.yaml")[0].read_boxes()] == ["open", "pin-hole"]
+    (tmp_path / "test.types.yaml").write_text('{"1": "open", "6": "pin-hole"}\n')  # the manifest's own, JSON
+    assert [b.type for b in load_manifest(manifest)[0].read_boxes()] == ["open", "pin-hole"]
+
+
+def test_an_unknown_type_id_names_the_file_line_value_and_what_was_expected(tmp_path):
+    manifest = deeppcb_ids_manifest(tmp_path)
+    (tmp_path / "part.txt").write_text("1 2 10 12 1\n20 20 30 30 9\n")
+    with pytest.raises(ManifestError) as error:
+        load_manifest(manifest, "deeppcb")
+    message = str(error.value)
+    assert "line 2: boxes: " in message
+    assert "part.txt:2: type '9' is not in the type map 'deeppcb'; expected one of 1, 2, 3, 4, 5, 6" in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("pcb", r"not a built-in map \(deeppcb\), an existing YAML/JSON file, or ID=NAME pairs"),
+        ("1=open,short", "'short' is not ID=NAME"),
+        ({}, "expected a mapping of box type ids to names"),
+        ({"1": ""}, "id '1' maps to ''; expected a type name"),
+    ],
+)
+def test_bad_type_maps_say_what_was_expected(spec, message):
+    with pytest.raises(InputError, match=message):
+        read_type_map(spec)
+
+
+def test_a_type_map_file_that_is_not_a_mapping_is_refused(tmp_path):
+    (tmp_path / "map.yaml").write_text("- open\n- short\n")
+    with pytest.raises(InputError, match=r"map.yaml: got \['open', 'short'\]; expected a mapping"):
+        read_type_map(tmp_path / "map.yaml")

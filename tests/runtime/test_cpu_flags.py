@@ -63,15 +63,23 @@ def test_weight_bits_follow_the_int8_dot_product_flags(flags, dot_product, bits,
 
 
 @pytest.mark.parametrize("cpu", sorted(CPUS))
-def test_auto_backend_says_why_int8_is_not_chosen(cpu, monkeypatch):
-    from mmfusion.repository.auto_backend import int8_note
+def test_auto_backend_says_why_int8_is_not_chosen(cpu, monkeypatch, tmp_path):
+    from mmfusion.config import RuntimeSpec
+    from mmfusion.pipeline import build_graph
+    from mmfusion.repository.auto_int8 import int8_decision
 
     fake_cpu(monkeypatch, cpu)
-    note = int8_note()
+    model = write_tiny_model(tmp_path / "tiny")  # no calibration/ images to check INT8 verdicts on
+
+    def no_fp32_needed():
+        raise AssertionError("the FP32 export was asked for, as if INT8 were to be built")
+
+    decision = int8_decision(model, RuntimeSpec(backend="auto"), build_graph(model), "tiny", tmp_path, no_fp32_needed)
+    assert decision.folder is None
     if cpu == "avx2":
-        assert "no VNNI/AMX" in note
+        assert "no VNNI/AMX" in decision.note
     else:
-        assert "avx512_vnni" in note and "calibration" in note
+        assert "avx512_vnni" in decision.note and "calibration/" in decision.note
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,10 @@ ROOMY_FAILURES = FailureLimit(10_000)  # test servers see many failed logins fro
 POLICY = {
     "roles": {
         "operator": {"rpcs": ["Inspect", "StreamInspect", "ListModels", "GetModel"], "models": ["pcb-*"]},
-        "analyst": {"rpcs": ["AnalyzeAudio", "GenerateReport", "ListModels", "GetModel"], "models": ["*"]},
+        "analyst": {
+            "rpcs": ["AnalyzeAudio", "StreamCall", "GenerateReport", "ListModels", "GetModel"],
+            "models": ["*"],
+        },
         "admin": {"rpcs": ["*"], "models": ["*"]},
     }
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -35,11 +36,16 @@ def _chunks(model: str):
     yield pb.AudioChunk(model=model, data=b"not audio at all")
 
 
+def _call(model: str):
+    yield pb.CallRequest(config=pb.CallConfig(model=model, encoding=pb.AUDIO_ENCODING_PCM16, sample_rate=16000))
+
+
 # RPC -> a call of it on `model` with `metadata`; each is cheap whatever the outcome behind the gate.
 CALLS = {
     "Inspect": lambda c, md, m: c.inspection.Inspect(pb.InspectRequest(model=m, text="a note"), metadata=md),
     "StreamInspect": lambda c, md, m: list(c.inspection.StreamInspect(_frames(m), metadata=md)),
     "AnalyzeAudio": lambda c, md, m: c.inspection.AnalyzeAudio(_chunks(m), metadata=md),
+    "StreamCall": lambda c, md, m: list(c.inspection.StreamCall(_call(m), metadata=md)),
     "GenerateReport": lambda c, md, m: list(c.inspection.GenerateReport(pb.ReportRequest(model=m), metadata=md)),
     "ListModels": lambda c, md, m: c.inspection.ListModels(pb.ListModelsRequest(), metadata=md),
     "GetModel": lambda c, md, m: c.inspection.GetModel(pb.GetModelRequest(name=m), metadata=md),
@@ -58,7 +64,10 @@ MODEL_FREE = {"ListModels", "RepositoryIndex", "ServerMetadata"}
 # (role, rpc) -> the models the role may use it on (the policy in conftest.POLICY); absent: none.
 EXPECTED = {
     **{("operator", rpc): {"pcb-a"} for rpc in ("Inspect", "StreamInspect", "ListModels", "GetModel")},
-    **{("analyst", rpc): set(MODELS) for rpc in ("AnalyzeAudio", "GenerateReport", "ListModels", "GetModel")},
+    **{
+        ("analyst", rpc): set(MODELS)
+        for rpc in ("AnalyzeAudio", "StreamCall", "GenerateReport", "ListModels", "GetModel")
+    },
     **{("admin", rpc): set(MODELS) for rpc in CALLS},
 }
 CASES = [
@@ -229,7 +238,8 @@ def test_reload_swaps_the_policy_and_a_broken_file_keeps_the_old_one(tmp_path, c
     assert store.reload() is True and set(store.policy.roles) == {"operator"}
 
 
-def test_sighup_reloads_the_policy_of_a_running_serve(security_models, security_files, tmp_path, capsys):
+def test_sighup_reloads_the_policy_of_a_running_serve(security_models, security_files, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mmfusion.serving.server")
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
     port = free_port()
@@ -263,7 +273,7 @@ def test_sighup_reloads_the_policy_of_a_running_serve(security_models, security_
     )
     caller.join(20)
     assert seen == [grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK, grpc.StatusCode.OK]
-    out = capsys.readouterr().out
-    assert "mmfusion: reloaded keys and access policy" in out
-    assert "mmfusion: kept the previous keys and access policy" in out
+    reports = [record.getMessage() for record in caplog.records if record.name == "mmfusion.serving.server"]
+    assert "reloaded keys and access policy" in reports
+    assert "kept the previous keys and access policy" in reports
     assert signal.getsignal(signal.SIGHUP) == handler_before

@@ -153,7 +153,7 @@ def test_serve_with_tls_runs_a_tls13_front_reloads_it_on_sighup_and_stops_it(cer
     port = free_port()
     serving = Serving(["--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)])
     try:
-        line = serving.expect("mmfusion: serving")
+        line = serving.expect("mmfusion.serving.server: serving ")
         assert f"on 127.0.0.1:{port} (TLS 1.3 only, nginx front; gRPC on 127.0.0.1:" in line
         grpc_port = int(line.rsplit(":", 1)[1].rstrip(")\n"))
         assert handshake(port, certs.ca_cert) == "TLSv1.3"
@@ -168,7 +168,7 @@ def test_serve_with_tls_runs_a_tls13_front_reloads_it_on_sighup_and_stops_it(cer
         serving.expect("the TLS front re-read its certificate files", timeout=20)
         assert handshake(port, new.ca_cert) == "TLSv1.3"
         serving.process.send_signal(signal.SIGTERM)
-        serving.expect("mmfusion: server stopped", timeout=30)
+        serving.expect("mmfusion.serving.server: server stopped", timeout=30)
         assert serving.process.wait(timeout=20) == 0
         assert not accepts(port) and not accepts(grpc_port)  # nginx stopped with the server
     finally:

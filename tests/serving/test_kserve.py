@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -90,7 +91,7 @@ def test_server_live_ready_metadata_health_and_reflection(client, server, channe
     assert client.is_server_live() and client.is_server_ready()
     metadata = client.get_server_metadata()
     assert (metadata.name, metadata.version) == ("mmfusion", __version__)
-    assert set(metadata.extensions) == {"model_repository", "model_configuration"}
+    assert set(metadata.extensions) == {"model_repository", "model_configuration", "statistics", "binary_tensor_data"}
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=KSERVE_SERVICE_NAME))
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert KSERVE_SERVICE_NAME in set(ProtoReflectionDescriptorDatabase(channel).get_services())
@@ -405,10 +406,69 @@ def test_malformed_raw_request_names_the_tensor(channel, request_message, messag
     assert [o.name for o in valid.outputs][0] == "colour.probabilities"
 
 
-def test_unsupported_rpcs_say_so(client):
-    with pytest.raises(InferenceServerException, match="model statistics") as error:
-        client.get_inference_statistics("tiny")
-    assert error.value.status() == "StatusCode.UNIMPLEMENTED"
+def test_load_parameters_other_than_backend_are_refused(client):
     with pytest.raises(InferenceServerException, match="parameters 'config': not supported") as error:
         client.load_model("tiny", config='{"max_batch_size": 8}')
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def _stats(client, model="tiny") -> dict:
+    (stats,) = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    return stats
+
+
+def test_model_statistics_count_requests_batches_and_time(client, server):
+    before = _stats(client)
+    for _ in range(2):
+        client.infer("tiny", [pixels_input(server, [RED])])
+    with pytest.raises(InferenceServerException):
+        client.infer("tiny", [infer_input("image.pixels", _pixels((1, 3, 32, 32)), "FP32")])
+    after = _stats(client)
+    assert (after["name"], after["version"]) == ("tiny", "1")
+    success, fail = after["inference_stats"]["success"], after["inference_stats"]["fail"]
+    assert int(success["count"]) == int(before["inference_stats"]["success"].get("count", 0)) + 2
+    assert int(fail["count"]) == int(before["inference_stats"]["fail"].get("count", 0)) + 1
+    assert int(success["ns"]) > int(before["inference_stats"]["success"].get("ns", 0))
+    assert int(after["inference_count"]) == int(before.get("inference_count", 0)) + 2  # the bad one never ran
+    assert int(after["execution_count"]) >= int(before.get("execution_count", 0)) + 1
+    assert int(after["last_inference"]) > 0
+    queued, compute = after["inference_stats"]["queue"], after["inference_stats"]["compute_infer"]
+    assert int(queued["count"]) == int(compute["count"]) == int(after["inference_count"]) and int(compute["ns"]) > 0
+    by_size = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in after["batch_stats"]}
+    assert sum(size * count for size, count in by_size.items()) == int(after["inference_count"])
+    every = client.get_inference_statistics(as_json=True)["model_stats"]
+    assert [m["name"] for m in every] == ["tiny"]  # the loaded models
+    with pytest.raises(InferenceServerException, match="model 'nope' is not loaded") as error:
+        client.get_inference_statistics("nope")
+    assert error.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_stream_infer_answers_each_request_in_order(client, server):
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    images = [RED + 5, BLUE + 5, RED + 9]
+    try:
+        for index, image in enumerate(images):
+            client.async_stream_infer("tiny", [pixels_input(server, [image])], request_id=f"good-{index}")
+            if index == 1:  # a bad request in the middle: answered with its error, the stream goes on
+                bad = [infer_input("image.pixelz", _pixels(), "FP32")]
+                client.async_stream_infer("tiny", bad, request_id="bad")
+        got = [answers.get(timeout=WAIT_S) for _ in range(len(images) + 1)]
+    finally:
+        client.stop_stream()
+    assert [error is None for _, error in got] == [True, True, False, True]
+    assert "input 'image.pixelz': unknown" in str(got[2][1])
+    results = [result for result, error in got if error is None]
+    assert [r.get_response().id for r in results] == ["good-0", "good-1", "good-2"]
+    for result, image in zip(results, images):
+        np.testing.assert_allclose(
+            result.as_numpy("colour.probabilities")[0], predicted_scores(server, image=image), atol=1e-5
+        )
+
+
+def test_stream_infer_with_an_unknown_model_names_it(channel):
+    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    requests = [_raw_request(model_name="nope", id="x"), _raw_request(raw_input_contents=[_pixels().tobytes()])]
+    first, second = list(stub.ModelStreamInfer(iter(requests)))
+    assert first.error_message == "model 'nope' is not loaded; loaded: tiny" and first.infer_response.id == "x"
+    assert not second.error_message and second.infer_response.outputs[0].name == "colour.probabilities"

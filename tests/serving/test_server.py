@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import re
 import signal
@@ -397,6 +398,7 @@ def test_reflection_lists_the_services(server):
         "Inspect",
         "StreamInspect",
         "AnalyzeAudio",
+        "StreamCall",
         "GenerateReport",
         "ListModels",
         "GetModel",
@@ -464,7 +466,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_serve_exits_zero_on_sigterm(model_root, capsys):
+def test_serve_exits_zero_on_sigterm(model_root, caplog):
+    caplog.set_level(logging.INFO, logger="mmfusion.serving.server")
     port, metrics_port = free_port(), free_port()
     answers = []
     handler_before = signal.getsignal(signal.SIGTERM)
@@ -485,11 +488,11 @@ def test_serve_exits_zero_on_sigterm(model_root, capsys):
     assert serve(["tiny"], port, model_root=model_root, grace=2.0, metrics_port=metrics_port) == 0
     caller.join(10)
     assert answers == [("SERVING", "tiny", True)]
-    assert capsys.readouterr().out == (
-        f"mmfusion: serving tiny on 127.0.0.1:{port}\n"
-        f"mmfusion: metrics on http://127.0.0.1:{metrics_port}/metrics\n"
-        "mmfusion: server stopped\n"
-    )
+    assert [record.getMessage() for record in caplog.records if record.name == "mmfusion.serving.server"] == [
+        f"serving tiny on 127.0.0.1:{port}",
+        f"metrics on http://127.0.0.1:{metrics_port}/metrics",
+        "server stopped",
+    ]
     with pytest.raises(OSError):  # the metrics endpoint closed with the server
         urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
     assert signal.getsignal(signal.SIGTERM) == handler_before  # serve() puts the previous handler back

@@ -66,12 +66,34 @@ def heat_colours(anomaly_map: np.ndarray, top: float = 1.0) -> np.ndarray:
     return cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
 
 
+def heat_strength(anomaly_map: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """How strongly each pixel of a map is shown, (H, W) float32 in [0, 1]: 0 at or below the map's own median
+    (the item's background), 1 at its peak, or at `level` (the threshold) when the peak stays below it, so a
+    map that never reaches the threshold is never drawn at full strength."""
+    anomaly_map = np.asarray(anomaly_map, np.float32)
+    low = float(np.median(anomaly_map))
+    top = max(float(anomaly_map.max()), level)
+    if top <= low:
+        return np.zeros(anomaly_map.shape, np.float32)
+    return np.clip((anomaly_map - low) / (top - low), 0.0, 1.0)
+
+
 def overlay(
-    image: np.ndarray, anomaly_map: np.ndarray, boxes: list[dict[str, Any]] = (), opacity: float = 0.45
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    boxes: list[dict[str, Any]] = (),
+    opacity: float = 0.75,
+    level: float = 0.5,
 ) -> np.ndarray:
-    """The image (H, W, 3) RGB with the heat colours blended in and the boxes drawn, (H, W, 3) uint8 RGB."""
-    colours = heat_colours(anomaly_map)
-    blended = cv2.addWeighted(image, 1.0 - opacity, colours, opacity, 0.0)
+    """The image (H, W, 3) RGB with the map's heat colours blended in and the boxes drawn, (H, W, 3) uint8 RGB.
+
+    Colour and opacity grow with heat_strength (JET, up to `opacity`), so the part shows through where the
+    map is at its usual level and the hot region stands out whatever the map's scale.
+    """
+    strength = heat_strength(anomaly_map, level)  # (H, W)
+    alpha = (opacity * strength)[:, :, None]
+    blended = image.astype(np.float32) * (1.0 - alpha) + heat_colours(strength).astype(np.float32) * alpha
+    blended = np.clip(blended.round(), 0, 255).astype(np.uint8)
     thickness = max(1, round(max(image.shape[:2]) / 300))
     for box in boxes:
         corner1 = (int(box["x1"]), int(box["y1"]))

@@ -14,6 +14,7 @@ from mmfusion.serving.interceptors.call import (
 from mmfusion.serving.interceptors.limits import RETRY_AFTER_KEY, RateLimitInterceptor, StreamLimitInterceptor
 from mmfusion.serving.interceptors.rbac import ModelInterceptor, RpcPermissionInterceptor, model_of
 from mmfusion.serving.interceptors.security import ServerSecurity, build_security
+from mmfusion.serving.interceptors.telemetry import TelemetryInterceptor
 
 __all__ = [
     "REQUEST_ID_KEY",
@@ -28,6 +29,7 @@ __all__ = [
     "RpcPermissionInterceptor",
     "ServerSecurity",
     "StreamLimitInterceptor",
+    "TelemetryInterceptor",
     "build_interceptors",
     "build_security",
     "current_caller",
@@ -38,7 +40,9 @@ __all__ = [
 
 # Every call but the public ones (health, KServe liveness/readiness: load balancers probe them without
 # credentials) runs through the chain in this order, the first outermost:
-#   request id     starts the call's record; echoes `x-request-id` (initial metadata) before anything aborts,
+#   request id     starts the call's record; echoes `x-request-id` (initial metadata) before anything aborts;
+#                  as TelemetryInterceptor (always, security or not) also binds it for logs, opens the RPC's
+#                  span, counts and times the call and writes its access log line,
 #   audit          appends the call's event once it ended, with the status of whichever layer ended it,
 #   authentication UNAUTHENTICATED with one generic message; the caller is current during unary calls;
 #                  a client address over its failed-authentication budget: RESOURCE_EXHAUSTED + `retry-after-ms`
@@ -51,12 +55,15 @@ __all__ = [
 #                  servicer runs, later ones as they come): PERMISSION_DENIED; model listings cut to the role.
 
 
-def build_interceptors(security: ServerSecurity | None) -> list[CallInterceptor]:
-    """The server's interceptors, outermost first; none without security, and only the configured parts."""
+def build_interceptors(
+    security: ServerSecurity | None, telemetry: RequestIdInterceptor | None = None
+) -> list[CallInterceptor]:
+    """The server's interceptors, outermost first: the request id's (`telemetry`, else a plain one), then only
+    the configured security parts (none without security)."""
+    chain: list[CallInterceptor] = [telemetry if telemetry is not None else RequestIdInterceptor()]
     if security is None:
-        return []
+        return chain
     authenticated = security.auth is not None
-    chain: list[CallInterceptor] = [RequestIdInterceptor()]
     if security.audit is not None:
         chain.append(AuditInterceptor(security))
     chain.append(AuthInterceptor(security.auth, security.proxies))  # also without auth: anonymous callers load models

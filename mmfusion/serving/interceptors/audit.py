@@ -40,8 +40,18 @@ def summarize(responses: list) -> str:
         return f"models={len(first.models)}"
     if isinstance(first, kpb.ModelInferResponse):
         return "outputs=" + ",".join(output.name for output in first.outputs)
+    if isinstance(first, kpb.ModelStreamInferResponse):
+        errors = sum(bool(r.error_message) for r in responses)
+        return f"responses={len(responses)} errors={errors}"
+    if isinstance(first, kpb.ModelStatisticsResponse):
+        return f"models={len(first.model_stats)}"
     if isinstance(first, pb.ReportChunk):
         return f"chunks={len(responses)}"
+    if isinstance(first, pb.CallUpdate):
+        segments = sum(r.HasField("segment") for r in responses)
+        summaries = [r.summary for r in responses if r.HasField("summary")]
+        flags = ",".join(summaries[0].flags) if summaries else "-"
+        return f"segments={segments} summary={'yes' if summaries else 'no'} flags={flags or '-'}"
     return type(first).__name__
 
 

@@ -198,11 +198,13 @@ def request_id_of(metadata) -> str:
 class RequestIdInterceptor(CallInterceptor):
     """The outermost interceptor: starts each call's record under its request id, echoed before anything aborts."""
 
+    record: type[CallRecord] = CallRecord  # the class of the records it starts
+
     def start(self, context: grpc.ServicerContext, method: str, kind: str) -> CallRecord:
         """A new record for the call, under the offered request id or a new one (sent as initial metadata)."""
         request_id = request_id_of(context.invocation_metadata() or ())
         context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-        call = CALLS[context] = CallRecord(method, kind, request_id)
+        call = CALLS[context] = self.record(method, kind, request_id)
         return call
 
     def end(self, call: CallRecord, context: grpc.ServicerContext) -> None:

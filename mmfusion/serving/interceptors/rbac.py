@@ -12,11 +12,13 @@ from mmfusion.proto import inspection_pb2 as pb
 from mmfusion.security.rbac import PermissionDenied, PolicyStore
 from mmfusion.serving.interceptors.call import CallInterceptor, CallRecord, close
 
-# Which field of a request message names the model it acts on; messages not listed name none.
+# Which field of a request message names the model it acts on (a dotted path into a sub-message, whose
+# `version` field then names the version); messages not listed name none.
 MODEL_FIELDS = {
     pb.InspectRequest.DESCRIPTOR.full_name: "model",
     pb.Frame.DESCRIPTOR.full_name: "model",
     pb.AudioChunk.DESCRIPTOR.full_name: "model",
+    pb.CallRequest.DESCRIPTOR.full_name: "config.model",
     pb.ReportRequest.DESCRIPTOR.full_name: "model",
     pb.GetModelRequest.DESCRIPTOR.full_name: "name",
     pb.LoadModelRequest.DESCRIPTOR.full_name: "name",
@@ -33,17 +35,29 @@ MODEL_FIELDS = {
 LISTINGS = (pb.ListModelsResponse, kpb.RepositoryIndexResponse)  # filtered down to the models a role may use
 
 
+def _holder(message, path: str):
+    """The (sub-)message that holds the last field of a dotted path, and that field's name."""
+    *parents, name = path.split(".")
+    for parent in parents:
+        message = getattr(message, parent)
+    return message, name
+
+
 def model_of(message) -> str | None:
     """The model a request message names; None when it names none (or leaves the field empty)."""
-    name = MODEL_FIELDS.get(message.DESCRIPTOR.full_name)
-    return getattr(message, name) or None if name else None
+    path = MODEL_FIELDS.get(message.DESCRIPTOR.full_name)
+    if not path:
+        return None
+    holder, name = _holder(message, path)
+    return getattr(holder, name) or None
 
 
 def version_of(message) -> str:
     """The model version a request message asks for; empty for the current one."""
+    holder, _ = _holder(message, MODEL_FIELDS.get(message.DESCRIPTOR.full_name, ""))
     for name in ("version", "model_version"):
-        if name in message.DESCRIPTOR.fields_by_name:
-            return getattr(message, name)
+        if name in holder.DESCRIPTOR.fields_by_name:
+            return getattr(holder, name)
     return ""
 
 
@@ -146,7 +160,11 @@ class ModelInterceptor(CallInterceptor):
             deny(context, call.denied)
 
     def filter(self, call: CallRecord, response):
-        """Model listings show only the models the caller's role may use."""
+        """Model listings (and KServe statistics of every model) show only the models the caller's role may use."""
+        if self.policy is not None and isinstance(response, kpb.ModelStatisticsResponse):
+            current = self.policy.policy
+            kept = [stats for stats in response.model_stats if current.allows_model(call.caller.role, stats.name)]
+            return kpb.ModelStatisticsResponse(model_stats=kept)
         if self.policy is None or not isinstance(response, LISTINGS):
             return response
         current = self.policy.policy

@@ -1,0 +1,217 @@
+"""Cameras end to end: 4 RTSP cameras (H.264, 15 fps) -> readers -> StreamInspect -> verdicts -> live page.
+
+Each camera is GStreamer's RTSP server (tests/cameras/rtsp_camera.py under the system Python) serving a
+DeepPCB tested board, every frame stamped with its index in its pixels and its push time logged, so the
+glass-to-verdict latency is measured from the moment the frame left the "camera" to the moment its
+verdict came back. The cameras run through `mmfusion.cameras` exactly as `mmfusion cameras` runs them
+(in-process loopback server, the shipped model on its configured backend), and one MJPEG client per tile
+counts how often the live page's picture changes.
+
+Issue 18's targets: no camera below 14 fps, glass-to-verdict p95 <= 300 ms, >= 5 page updates/s per tile.
+Prints a table and writes JSON. Run: `.venv/bin/python benchmarks/cameras.py [--models pcb-template]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the RTSP test camera lives with the tests
+
+from mmfusion.cameras.config import parse_cameras  # noqa: E402
+from mmfusion.cameras.stream import CameraResult  # noqa: E402
+from mmfusion.cameras.system import CameraSystem  # noqa: E402
+from mmfusion.cameras.view.app import LiveView  # noqa: E402
+from mmfusion.cameras.view.server import ViewServer  # noqa: E402
+from mmfusion.client import InspectionClient  # noqa: E402
+from mmfusion.media import decode_image  # noqa: E402
+from mmfusion.serving import build_server  # noqa: E402
+from tests.cameras.rtsp import RtspCamera, read_stamp, rtsp_unavailable  # noqa: E402
+
+FRAMES = REPO / "samples" / "frames"
+BOARDS = ["13000002", "44000064", "50600002", "77000002", "92000002", "00041002"]
+TARGETS = {"min_fps": 14.0, "p95_ms": 300.0, "page_updates_per_s": 5.0}
+
+
+def board_files(index: int) -> tuple[Path, Path]:
+    """(template, tested) of the index-th DeepPCB pair in samples/frames."""
+    board = BOARDS[index % len(BOARDS)]
+    return next(FRAMES.glob(f"*_{board}_temp.jpg")), next(FRAMES.glob(f"*_{board}_test.jpg"))
+
+
+class Timeline:
+    """Every judged frame's glass-to-verdict and decode-to-verdict latency, per camera, in the measured window."""
+
+    def __init__(self, cameras: dict[str, RtspCamera]) -> None:
+        self.cameras = cameras
+        self.measuring = threading.Event()
+        self.glass: dict[str, list[float]] = {name: [] for name in cameras}
+        self.decoded: dict[str, list[float]] = {name: [] for name in cameras}
+        self.unmatched = 0
+
+    def __call__(self, result: CameraResult) -> None:
+        if not self.measuring.is_set() or result.answer.HasField("error"):
+            return
+        received = result.captured_wall + result.latency_s
+        pushed = self.cameras[result.camera].pushes["/cam0"].get(read_stamp(result.image))
+        if pushed is None:
+            self.unmatched += 1
+            return
+        self.glass[result.camera].append(received - pushed)
+        self.decoded[result.camera].append(result.latency_s)
+
+
+def count_page_updates(url: str, stop: threading.Event, counts: list[int]) -> None:
+    """Read a tile's MJPEG stream, counting the parts (each a changed picture) while `stop` is unset."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        while not stop.is_set():
+            line = response.readline()
+            if not line:
+                return
+            if line.startswith(b"X-Frame-Number:"):
+                counts[0] += 1
+
+
+def run_model(model: str, cameras: int, fps: int, seconds: float, warmup: float, work: Path) -> dict:
+    """One run of `cameras` RTSP cameras through `model`; per-camera numbers."""
+    sources: dict[str, RtspCamera] = {}
+    specs = []
+    for index in range(cameras):
+        template, tested = board_files(index)
+        name = f"cam{index}"
+        sources[name] = RtspCamera([decode_image(tested)], work / f"{name}.rgb", mounts=1, fps=fps).start()
+        spec = {"name": name, "url": sources[name].url(0), "model": model, "fps": fps, "max_pending_frames": 1}
+        if model == "pcb-template":
+            spec["reference"] = str(template)
+        specs.append(spec)
+    config = parse_cameras({"cameras": specs, "record": {"folder": str(work / "records")}}, "benchmark", REPO)
+    server = build_server([model], port=0).start()
+    target = f"127.0.0.1:{server.port}"
+    timeline = Timeline(sources)
+    system = CameraSystem(config, lambda: InspectionClient(target, timeout=None), listeners=[timeline]).start()
+    view = ViewServer(LiveView(system.board, max_fps=config.view.max_fps)).start()
+    stop_pages = threading.Event()
+    page_counts = {name: [0] for name in sources}
+    try:
+        time.sleep(warmup)  # connections, first keyframes, model warm-up
+        readers = [
+            threading.Thread(
+                target=count_page_updates,
+                args=(f"{view.url}/cameras/{name}/live.mjpg", stop_pages, page_counts[name]),
+                daemon=True,
+            )
+            for name in sources
+        ]
+        for reader in readers:
+            reader.start()
+        time.sleep(0.5)
+        before = {name: (camera.stream.stats.answered, page_counts[name][0]) for name, camera in system.cameras.items()}
+        drops_before = {name: camera.reader.latest.dropped for name, camera in system.cameras.items()}
+        read_before = {name: camera.reader.stats.frames for name, camera in system.cameras.items()}
+        server_drops_before = {name: camera.stream.stats.server_dropped for name, camera in system.cameras.items()}
+        timeline.measuring.set()
+        started = time.perf_counter()
+        time.sleep(seconds)
+        elapsed = time.perf_counter() - started
+        timeline.measuring.clear()
+        rows = {}
+        for name, camera in system.cameras.items():
+            answered = camera.stream.stats.answered - before[name][0]
+            glass = timeline.glass[name]
+            rows[name] = {
+                "fps": round(answered / elapsed, 2),
+                "glass_to_verdict_p50_ms": round(float(np.percentile(glass, 50)) * 1000, 1) if glass else None,
+                "glass_to_verdict_p95_ms": round(float(np.percentile(glass, 95)) * 1000, 1) if glass else None,
+                "decode_to_verdict_p95_ms": round(float(np.percentile(timeline.decoded[name], 95)) * 1000, 1)
+                if glass
+                else None,
+                "page_updates_per_s": round((page_counts[name][0] - before[name][1]) / elapsed, 2),
+                "frames_read_per_s": round((camera.reader.stats.frames - read_before[name]) / elapsed, 2),
+                "dropped_at_camera": camera.reader.latest.dropped - drops_before[name],
+                "dropped_by_server": camera.stream.stats.server_dropped - server_drops_before[name],
+                "reconnects": camera.reader.stats.reconnects,
+                "frame_errors": camera.stream.stats.errors,
+            }
+        return {"seconds": round(elapsed, 1), "unmatched_stamps": timeline.unmatched, "cameras": rows}
+    finally:
+        stop_pages.set()
+        view.stop()
+        system.stop()
+        server.stop(grace=1.0)
+        for source in sources.values():
+            source.stop()
+
+
+def verdicts(rows: dict) -> dict:
+    """Each target, held or not, over all cameras of a run."""
+    cameras = rows["cameras"].values()
+    p95 = [row["glass_to_verdict_p95_ms"] for row in cameras if row["glass_to_verdict_p95_ms"] is not None]
+    return {
+        "no camera below 14 fps": all(row["fps"] >= TARGETS["min_fps"] for row in cameras),
+        "glass-to-verdict p95 <= 300 ms": bool(p95) and max(p95) <= TARGETS["p95_ms"],
+        ">= 5 page updates/s per tile": all(
+            row["page_updates_per_s"] >= TARGETS["page_updates_per_s"] for row in cameras
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="pcb-template,defect-anomaly", help="comma-separated shipped models")
+    parser.add_argument("--cameras", type=int, default=4)
+    parser.add_argument("--fps", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cameras.json"))
+    args = parser.parse_args()
+    reason = rtsp_unavailable()
+    if reason:
+        sys.exit(f"benchmarks/cameras.py: {reason}")
+    result = {
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "cameras": args.cameras,
+        "camera_fps": args.fps,
+        "targets": TARGETS,
+        "runs": {},
+    }
+    header = f"{'model':15s} {'camera':7s} {'fps':>6s} {'glass p50':>10s} {'glass p95':>10s} {'page/s':>7s}"
+    header += f" {'read/s':>7s} {'drop cam':>9s} {'drop srv':>9s}"
+    lines = [header]
+    for model in args.models.split(","):
+        with tempfile.TemporaryDirectory() as work:
+            run = run_model(model, args.cameras, args.fps, args.seconds, args.warmup, Path(work))
+        run["targets_held"] = verdicts(run)
+        result["runs"][model] = run
+        for name, row in run["cameras"].items():
+            glass50 = row["glass_to_verdict_p50_ms"]
+            glass95 = row["glass_to_verdict_p95_ms"]
+            lines.append(
+                f"{model:15s} {name:7s} {row['fps']:6.2f} {glass50 if glass50 is not None else '-':>10} "
+                f"{glass95 if glass95 is not None else '-':>10} {row['page_updates_per_s']:7.2f} "
+                f"{row['frames_read_per_s']:7.2f} "
+                f"{row['dropped_at_camera']:9d} {row['dropped_by_server']:9d}"
+            )
+        print("\n".join(lines[-len(run["cameras"]) :]), flush=True)
+    print()
+    print("\n".join(lines))
+    for model, run in result["runs"].items():
+        held = ", ".join(f"{target}: {'held' if ok else 'MISSED'}" for target, ok in run["targets_held"].items())
+        print(f"{model}: {held}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
