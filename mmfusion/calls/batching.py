@@ -34,7 +34,7 @@ class SpeechBatcher:
             while len(self._threads) < self.workers:
                 self._threads.append(threading.Thread(target=self._run, name="speech-batcher", daemon=True))
                 self._threads[-1].start()
-            self._ready.notify()
+            self._ready.notify_all()
         return [future.result() for future in futures]
 
     def _run(self) -> None:
@@ -42,7 +42,8 @@ class SpeechBatcher:
             with self._ready:
                 while not self._waiting:
                     self._ready.wait()
-                batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+                take = min(self.max_batch, -(-len(self._waiting) // self.workers))  # idle replicas share the work
+                batch, self._waiting = self._waiting[:take], self._waiting[take:]
             self.batch_sizes.append(len(batch))
             try:
                 said = self.transcriber.transcribe_batch([request for request, _ in batch])

@@ -62,7 +62,7 @@ def test_rss_falls_back_after_a_burst_of_large_requests(models):
         futures = [channel.inspection.Inspect.future(request, timeout=60) for _ in range(BURST)]
         codes = [future.exception().code() for future in futures]
         assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * BURST
-        after = _settled(limit=5.0, above=before + MARGIN // 2)
+        after = _settled(limit=10.0, above=before + MARGIN // 2)
         # without the releaser RSS stays 210-730 MB up here; where glibc gives the heap back on its own, no trim
         # is needed (so the trim count is not asserted: it depends on the machine's load and arena layout)
         assert after - before < MARGIN, f"RSS {before / MB:.0f} MB -> {after / MB:.0f} MB after the burst"
