@@ -18,8 +18,8 @@ from mmfusion.encoders.speech_faster_whisper import FasterWhisperEncoder, Faster
 from mmfusion.encoders.speech_whisper import WhisperEncoder, WhisperParams
 from mmfusion.media import SAMPLE_RATE, check_audio, decode_audio
 from mmfusion.types import InputError
+from tests.conftest import LIBRIVOX
 
-LIBRIVOX = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "librivox-speech"
 TINY_DIMS = ModelDimensions(
     n_mels=80,
     n_audio_ctx=1500,
@@ -175,8 +175,6 @@ def test_faster_whisper_unknown_language_is_refused():
 
 
 def librivox_clips() -> list[tuple[Path, str]]:
-    if not LIBRIVOX.is_dir():
-        pytest.skip(f"{LIBRIVOX} is absent (the shared datasets folder exists only in the dev workspace)")
     return [(wav, wav.with_suffix(".txt").read_text()) for wav in sorted(LIBRIVOX.glob("*.wav"))]
 
 
