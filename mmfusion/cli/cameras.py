@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
-import sys
 import threading
 import time
 
-from mmfusion.cli.credentials import add_credential_options, client_credentials
+from mmfusion.cli.credentials import add_credential_options, client_options
+from mmfusion.logs import user_warning
 from mmfusion.types import InputError
 
 
@@ -60,26 +61,15 @@ def _check_view_exposure(args: argparse.Namespace, host: str, authenticated: boo
     if problems and not args.insecure:
         raise InputError(f"{'; '.join(problems)}; or pass --insecure")
     if problems:
-        print(f"mmfusion: WARNING: --insecure: {'; '.join(problems)}", file=sys.stderr, flush=True)
+        user_warning(logging.getLogger("mmfusion.cameras"), f"--insecure: {'; '.join(problems)}")
 
 
 def _connector(args: argparse.Namespace, target: str, local: bool):
     """A function that opens a client to the server with the client flags (credentials, TLS)."""
     from mmfusion.client import InspectionClient
 
-    if local:
-        return lambda: InspectionClient(target, timeout=None)
-    credentials = None
-    if args.tls_ca:
-        from mmfusion.security.tls import channel_credentials
-
-        credentials = channel_credentials(args.tls_ca, args.tls_client_cert, args.tls_client_key)
-    elif args.tls_client_cert or args.tls_client_key:
-        raise InputError("--tls-client-cert/--tls-client-key need --tls-ca (the CA that signed the server)")
-    secrets = client_credentials(args)
-    return lambda: InspectionClient(
-        target, timeout=None, credentials=credentials, insecure_credentials=args.insecure_credentials, **secrets
-    )
+    options = {} if local else client_options(args)  # checked now: a flag error ends the command at once
+    return lambda: InspectionClient(target, timeout=None, **options)
 
 
 def _summary(system, elapsed: float) -> str:

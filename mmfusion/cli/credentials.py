@@ -40,6 +40,18 @@ def client_credentials(args: argparse.Namespace) -> dict[str, str | None]:
     return {"api_key": api_key, "token": token}
 
 
+def client_options(args: argparse.Namespace) -> dict:
+    """InspectionClient's keywords from the shared client flags: credentials, TLS and the plaintext opt-in."""
+    credentials = None
+    if args.tls_ca:
+        from mmfusion.security.tls import channel_credentials
+
+        credentials = channel_credentials(args.tls_ca, args.tls_client_cert, args.tls_client_key)
+    elif args.tls_client_cert or args.tls_client_key:
+        raise InputError("--tls-client-cert/--tls-client-key need --tls-ca (the CA that signed the server)")
+    return {"credentials": credentials, "insecure_credentials": args.insecure_credentials, **client_credentials(args)}
+
+
 def add_credential_options(options: argparse.ArgumentParser) -> None:
     """The flags that say how a client authenticates, and whether it may do so without TLS."""
     options.add_argument(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mmfusion.cli.audio import DEFAULT_CALL_MODEL
-from mmfusion.cli.credentials import add_credential_options, client_credentials
+from mmfusion.cli.credentials import add_credential_options, client_options
 from mmfusion.types import InputError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -184,17 +184,7 @@ def _connect(args: argparse.Namespace):
     """An InspectionClient from the shared client flags (server, API key or token, TLS)."""
     from mmfusion.client import InspectionClient
 
-    credentials = None
-    if args.tls_ca:
-        from mmfusion.security.tls import channel_credentials
-
-        credentials = channel_credentials(args.tls_ca, args.tls_client_cert, args.tls_client_key)
-    elif args.tls_client_cert or args.tls_client_key:
-        raise InputError("--tls-client-cert/--tls-client-key need --tls-ca (the CA that signed the server)")
-    secrets = client_credentials(args)
-    return InspectionClient(
-        args.server, credentials=credentials, insecure_credentials=args.insecure_credentials, **secrets
-    )
+    return InspectionClient(args.server, **client_options(args))
 
 
 def _client_options() -> argparse.ArgumentParser:
