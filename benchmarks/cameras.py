@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -82,7 +84,43 @@ def count_page_updates(url: str, stop: threading.Event, counts: list[int]) -> No
                 counts[0] += 1
 
 
-def run_model(model: str, cameras: int, fps: int, seconds: float, warmup: float, work: Path) -> dict:
+class ServeProcess:
+    """`mmfusion serve MODEL` in a process of its own on a free loopback port (as an operator runs it)."""
+
+    def __init__(self, model: str, log: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "mmfusion", "serve", model, "--port", str(self.port), "--log-level", "warning"]
+        self.log = log
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def start(self) -> ServeProcess:
+        client = InspectionClient(f"127.0.0.1:{self.port}", timeout=30)
+        deadline = time.monotonic() + 600
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mmfusion serve exited {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                client.wait_ready(5)
+                return self
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=grace + 10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_model(
+    model: str, cameras: int, fps: int, seconds: float, warmup: float, work: Path, server_mode: str = "process"
+) -> dict:
     """One run of `cameras` RTSP cameras through `model`; per-camera numbers."""
     sources: dict[str, RtspCamera] = {}
     specs = []
@@ -95,7 +133,10 @@ def run_model(model: str, cameras: int, fps: int, seconds: float, warmup: float,
             spec["reference"] = str(template)
         specs.append(spec)
     config = parse_cameras({"cameras": specs, "record": {"folder": str(work / "records")}}, "benchmark", REPO)
-    server = build_server([model], port=0).start()
+    if server_mode == "process":
+        server = ServeProcess(model, work / "serve.log").start()
+    else:
+        server = build_server([model], port=0).start()
     target = f"127.0.0.1:{server.port}"
     timeline = Timeline(sources)
     system = CameraSystem(config, lambda: InspectionClient(target, timeout=None), listeners=[timeline]).start()
@@ -172,6 +213,12 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument(
+        "--server",
+        choices=["process", "in-process"],
+        default="process",
+        help="process: `mmfusion serve` on its own (its own interpreter lock); in-process: beside the cameras",
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cameras.json"))
     args = parser.parse_args()
     reason = rtsp_unavailable()
@@ -182,6 +229,7 @@ def main() -> None:
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "cameras": args.cameras,
         "camera_fps": args.fps,
+        "server": args.server,
         "targets": TARGETS,
         "runs": {},
     }
@@ -190,7 +238,7 @@ def main() -> None:
     lines = [header]
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory() as work:
-            run = run_model(model, args.cameras, args.fps, args.seconds, args.warmup, Path(work))
+            run = run_model(model, args.cameras, args.fps, args.seconds, args.warmup, Path(work), args.server)
         run["targets_held"] = verdicts(run)
         result["runs"][model] = run
         for name, row in run["cameras"].items():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where embeddings are made: clients and camera readers never load it
+    import torch
 
 
 class Modality(enum.StrEnum):
@@ -41,6 +43,8 @@ class Embedding:
                 f"Embedding expects tokens (B,L,D), pooled (B,D), mask (B,L); got "
                 f"{tuple(self.tokens.shape)}, {tuple(self.pooled.shape)}, {tuple(self.mask.shape)}"
             )
+        import torch
+
         if self.mask.dtype != torch.bool:
             raise ValueError(f"Embedding mask must be bool, got {self.mask.dtype}")
         if self.tokens.shape[:2] != self.mask.shape or self.tokens.shape[0] != self.pooled.shape[0]:
@@ -62,6 +66,8 @@ class Embedding:
     @classmethod
     def from_pooled(cls, pooled: torch.Tensor) -> Embedding:
         """An embedding whose only token is the pooled vector."""
+        import torch
+
         tokens = pooled.unsqueeze(1)  # (B, 1, D)
         mask = torch.ones(pooled.shape[0], 1, dtype=torch.bool, device=pooled.device)
         return cls(tokens=tokens, pooled=pooled, mask=mask)

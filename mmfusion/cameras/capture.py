@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -16,14 +17,23 @@ from mmfusion.cameras.sources import FrameSource, SourceError
 LOG = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class CapturedFrame:
-    """A decoded frame: its number in this reader (from 1), pixels, and when it was decoded (wall and monotonic)."""
+    """A decoded frame: its number in this reader (from 1), pixels, and when it was decoded (wall and monotonic).
+
+    `pixels` is the RGB array or the decoder's conversion to it, run when `image` is first read: most frames of a
+    camera faster than its model are replaced in the slot unread, and then never converted.
+    """
 
     number: int
-    image: np.ndarray  # (H, W, 3) uint8 RGB
+    pixels: np.ndarray | Callable[[], np.ndarray]
     wall_time: float
     monotonic: float
+
+    @functools.cached_property
+    def image(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB."""
+        return self.pixels() if callable(self.pixels) else self.pixels
 
 
 class LatestFrame:
@@ -124,7 +134,7 @@ class CameraReader:
                 return
             delay = min(delay * 2, self.reconnect.max_s)
 
-    def _publish(self, image: np.ndarray) -> None:
+    def _publish(self, image: np.ndarray | Callable[[], np.ndarray]) -> None:
         self._number += 1
         self.stats.frames += 1
         self.latest.put(CapturedFrame(self._number, image, time.time(), time.monotonic()))

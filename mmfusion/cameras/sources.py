@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import av
 import numpy as np
@@ -34,7 +35,7 @@ def _open(spec: CameraSpec, timeout_s: float) -> av.container.InputContainer:
 
 
 class FrameSource:
-    """One open source; `frames()` yields (H, W, 3) uint8 RGB arrays until the source ends or fails.
+    """One open source; `frames()` yields each decoded frame's conversion to (H, W, 3) uint8 RGB (a callable).
 
     Files are read at their own frame rate (like a camera), and from the start again with `loop`;
     live sources as fast as they send.
@@ -64,7 +65,8 @@ class FrameSource:
         except av.error.FFmpegError:
             pass
 
-    def frames(self) -> Iterator[np.ndarray]:
+    def frames(self) -> Iterator[Callable[[], np.ndarray]]:
+        """Each decoded frame as its RGB conversion, run by whoever uses the frame (a dropped one costs none)."""
         paced = self.spec.kind == "file"
         while True:
             started, first_time = time.monotonic(), None
@@ -75,7 +77,7 @@ class FrameSource:
                         delay = started + (frame.time - first_time) - time.monotonic()
                         if delay > 0:
                             time.sleep(delay)
-                    yield frame.to_ndarray(format="rgb24")
+                    yield functools.partial(frame.to_ndarray, format="rgb24")
             except (av.error.FFmpegError, OSError) as error:
                 raise SourceError(f"camera {self.spec.name}: {self.spec.url} stopped: {error}") from None
             if not (paced and self.spec.loop):

@@ -69,7 +69,9 @@ def _example_items(modality: Modality, batch: int, variant: int) -> list[Any]:
     """Raw inputs of one modality; `variant` changes sizes (text length) so dynamic dimensions show."""
     rng = np.random.default_rng(variant)
     if modality is Modality.IMAGE:
-        return [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(batch)]
+        # a different size per variant: encoders that keep the input's size (golden template) export dynamic H, W
+        height, width = ((96, 128), (112, 144))[variant % 2]
+        return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(batch)]
     if modality is Modality.TEXT:
         length = 2 + 5 * (variant % 3)  # a different longest text per variant: the token axis shows as dynamic
         return [
