@@ -124,7 +124,9 @@ class Pipeline:
         backend: str | RuntimeSpec | None = None,
         version: int | None = None,
         require_manifest: bool = False,
+        threads: int | None = None,
     ) -> None:
+        """`threads` (None: the runtime block's) sets the backend's intra-op threads, e.g. 1 per pinned replica."""
         load_all()
         if isinstance(backend, str) and backend != AUTO and backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r} is not known; allowed: {', '.join([AUTO, *BACKENDS.names()])}")
@@ -143,6 +145,8 @@ class Pipeline:
             if self.version_dir is not None:
                 load_version_weights(self.graph, self.version_dir)
             runtime = runtime_for(self.config, backend)
+            if threads is not None:
+                runtime = RuntimeSpec.model_validate({**runtime.model_dump(), "threads": threads})
             choice = choose_backend(self.model_dir, runtime, self.version, self.graph, self.name)
             self.backend, self.backend_choice = choice.backend, choice.reason  # which backend and why
         self.recheck = Fp32Recheck(self.graph, self.backend.runtime, self.backend.precision)

@@ -115,7 +115,18 @@ def _audit_options(args: argparse.Namespace) -> dict:
         "audit_cipher": cipher,
         "audit_fail_closed": args.audit_fail_closed,
         "audit_new_segment": args.audit_new_segment,
+        "audit_node_id": _node_id(args.node_id),
     }
+
+
+def _node_id(given: str | None) -> str:
+    """--node-id, else the host name (a pod's name on Kubernetes): names this replica in its audit records."""
+    import socket
+
+    node = (given if given is not None else socket.gethostname()).strip()
+    if not node or any(character.isspace() or not character.isprintable() for character in node):
+        raise InputError(f"--node-id {given!r}: expected a name without spaces, e.g. the host or pod name")
+    return node
 
 
 def _rate(text: str) -> float:
@@ -169,7 +180,10 @@ def _serve(args: argparse.Namespace, security: dict) -> int:
 
 def _thread_options(args: argparse.Namespace) -> dict:
     """build_server's worker, open-stream and stream time-limit keywords from the serve flags, checked."""
-    for flag, count in (("--workers", args.workers), ("--max-open-streams", args.max_open_streams)):
+    counts = [("--workers", args.workers), ("--max-open-streams", args.max_open_streams)]
+    if args.threads is not None:
+        counts.append(("--threads", args.threads))
+    for flag, count in counts:
         if count < 1:
             raise InputError(f"{flag} {count}: expected at least 1")
     timeouts = (
@@ -184,6 +198,7 @@ def _thread_options(args: argparse.Namespace) -> dict:
         "max_open_streams": args.max_open_streams,
         "first_message_timeout_s": args.first_message_timeout,
         "stream_idle_timeout_s": args.stream_idle_timeout,
+        "threads": args.threads,
     }
 
 
@@ -325,6 +340,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start although the log no longer reaches its head checkpoint, recording the loss in the chain",
     )
+    auth.add_argument(
+        "--node-id",
+        metavar="NAME",
+        help="this replica's name in every audit record (`node`), to tell replicas' logs apart (default: the "
+        "host name, a pod's name on Kubernetes)",
+    )
     limits = serve.add_argument_group("per-caller limits")
     limits.add_argument("--rate-limit", type=_rate, metavar="R/s", help="calls per second per caller")
     limits.add_argument("--burst", type=int, metavar="N", help="calls a caller may make at once (default: R)")
@@ -353,6 +374,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=60.0,
         metavar="S",
         help="at most S seconds between a stream's messages (default 60)",
+    )
+    threads.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="intra-op threads of every model's backend (default: its runtime: block, else all cores); "
+        "1 for a replica pinned to one core (taskset -c K)",
     )
     tls = serve.add_argument_group(
         "TLS 1.3 (plaintext unless given): serve starts an nginx front on --host:--port (TLS 1.2 refused), "

@@ -73,7 +73,9 @@ class AuditLog:
     chain is plain sha256 (a warning is logged). After every record `<path>.head` is replaced with the
     record's seq and hash, authenticated the same way. Opening a log whose newest records or files are
     gone (it no longer reaches its head) raises AuditError, unless `new_segment`: then a record of the
-    loss starts a new segment of the chain, and `verify` accepts and reports it.
+    loss starts a new segment of the chain, and `verify` accepts and reports it. `node_id` (a replica's
+    name, e.g. its host or pod name) goes into every record as `node`, so that the logs of several
+    replicas, each its own chain, can be shipped to one place and told apart.
     """
 
     SENSITIVE = frozenset({"result", "text", "transcript", "excerpt", "payload", "report", "detail"})
@@ -86,11 +88,15 @@ class AuditLog:
         max_bytes: int = 64 * 1024 * 1024,
         keystore: KeyStore | None = None,
         new_segment: bool = False,
+        node_id: str | None = None,
     ) -> None:
         if fsync not in ("always", "never"):
             raise AuditError(f"audit fsync {fsync!r}: expected 'always' or 'never'")
         if max_bytes < 1024:
             raise AuditError(f"audit max_bytes {max_bytes}: expected at least 1024")
+        if node_id is not None and not node_id.strip():
+            raise AuditError("audit node id: empty; expected the replica's name (host or pod name)")
+        self.node_id = node_id
         self.path = Path(path)
         self.head_path = head_path(self.path)
         self.cipher = cipher
@@ -130,7 +136,7 @@ class AuditLog:
 
         A record that cannot be written raises AuditError and leaves no part of itself in the file.
         """
-        clash = [key for key in RESERVED if key in event]
+        clash = [key for key in (*RESERVED, *(("node",) if self.node_id is not None else ())) if key in event]
         if clash:
             raise AuditError(f"audit event field {clash[0]!r} is reserved; rename it")
         # A JSON round trip makes the hashed form exactly what a reader will parse back.
@@ -142,6 +148,8 @@ class AuditLog:
                 if self.cipher is not None and fields[name] is not None:
                     fields[name] = {"enc": self.cipher.encrypt_value(fields[name], field_aad(seq, name))}
             record = {**fields, "seq": seq, "time": _now(), "prev_hash": self._prev_hash}
+            if self.node_id is not None:
+                record["node"] = self.node_id
             if self.keys is not None:
                 record["key_id"] = self.keys.active_id
             record["hash"] = record_hash(record, self.keys)

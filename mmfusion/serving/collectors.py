@@ -1,4 +1,4 @@
-"""Prometheus collectors read at scrape time: the models' schedulers (queue, busy share) and the GPUs.
+"""Prometheus collectors read at scrape time: the models' schedulers (queue, busy share, CPU) and the GPUs.
 
 Both declare their metric families even when there is nothing to report (no model loaded, no GPU in
 use), so dashboards and alert rules can rely on the names being there.
@@ -16,6 +16,8 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from mmfusion.serving import cpu_share
+
 BUSY_WINDOW_SECONDS = 60.0
 
 
@@ -29,6 +31,8 @@ class Scheduler(Protocol):
 
     def busy_seconds(self) -> float: ...
 
+    def cpu_seconds(self) -> float: ...
+
 
 SchedulerSource = Callable[[], Iterable[tuple[str, str, Scheduler]]]
 
@@ -40,10 +44,18 @@ class SchedulerCollector:
     not headroom: 1 - ratio of the scheduler's time is free. It is measured from the latest earlier scrape at
     least BUSY_WINDOW_SECONDS old (before there is one: the oldest; at the first scrape: the scheduler's start).
     `rate(mmfusion_scheduler_busy_seconds_total[5m]) / mmfusion_scheduler_instances` is the same over any window.
+
+    Capacity: `mmfusion_inference_cpu_seconds_total` (process CPU charged to a model's batches, see cpu_share)
+    over `nv_inference_count` is a model's CPU seconds per inference; process-wide, `mmfusion_busy_seconds_total`
+    (time at least one batch ran) and `mmfusion_cpu_cores` (cores the process may use) give the busy share and
+    the CPU headroom, `1 - rate(process_cpu_seconds_total[5m]) / mmfusion_cpu_cores`.
     """
 
-    def __init__(self, window_s: float = BUSY_WINDOW_SECONDS) -> None:
+    def __init__(
+        self, window_s: float = BUSY_WINDOW_SECONDS, accountant: cpu_share.CpuAccountant | None = None
+    ) -> None:
         self.window_s = window_s
+        self.accountant = accountant if accountant is not None else cpu_share.PROCESS
         self._source: SchedulerSource = lambda: ()
         self._lock = threading.Lock()
         self._history: dict[int, deque[tuple[float, float]]] = {}
@@ -52,7 +64,7 @@ class SchedulerCollector:
         """Read (model, version, scheduler) of every loaded model from `source` at each scrape."""
         self._source = source
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, Metric, GaugeMetricFamily]:
+    def _families(self) -> tuple[Metric, ...]:
         labels = ["model", "version"]
         return (
             GaugeMetricFamily("mmfusion_queue_depth", "Requests waiting in a model's queue", labels=labels),
@@ -74,13 +86,26 @@ class SchedulerCollector:
                 "Share of the last minute a model's scheduler was busy, averaged over its instances (1 - headroom)",
                 labels=labels,
             ),
+            CounterMetricFamily(
+                "mmfusion_inference_cpu_seconds",
+                "Process CPU seconds charged to a model's inferences: all threads' CPU while its batches ran,"
+                " split evenly among batches running at once (divide by nv_inference_count)",
+                labels=labels,
+            ),
+            CounterMetricFamily(
+                "mmfusion_busy_seconds",
+                "Seconds during which at least one batch of any model was running in this process",
+            ),
+            GaugeMetricFamily(
+                "mmfusion_cpu_cores", "CPU cores this process may use (its cgroup's quota, else its affinity mask)"
+            ),
         )
 
     def describe(self) -> list[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        depth, capacity, instances, busy, ratio = self._families()
+        depth, capacity, instances, busy, ratio, cpu, any_busy, cores = self._families()
         seen: set[int] = set()
         for model, version, scheduler in self._source():
             labels = [model, str(version)]
@@ -90,11 +115,14 @@ class SchedulerCollector:
             seconds = scheduler.busy_seconds()
             busy.add_metric(labels, seconds)
             ratio.add_metric(labels, self._ratio(scheduler, seconds))
+            cpu.add_metric(labels, scheduler.cpu_seconds())
             seen.add(id(scheduler))
         with self._lock:
             for key in set(self._history) - seen:
                 del self._history[key]  # unloaded models
-        yield from (depth, capacity, instances, busy, ratio)
+        any_busy.add_metric([], self.accountant.busy_seconds())
+        cores.add_metric([], cpu_share.cpu_cores())
+        yield from (depth, capacity, instances, busy, ratio, cpu, any_busy, cores)
 
     def _ratio(self, scheduler: Scheduler, busy: float) -> float:
         """Busy share since the latest sample at least the window old (else since the scheduler started)."""

@@ -95,10 +95,13 @@ class ModelManager:
         batching: ServingOverrides | None = None,
         metrics: ServiceMetrics | None = None,
         require_manifest: bool = False,
+        threads: int | None = None,
     ) -> None:
-        """batching: `serve` flags that override the same field of every model's `serving:` block."""
+        """batching: `serve` flags that override the same field of every model's `serving:` block;
+        threads: every backend's intra-op threads (None: each model's `runtime:` block decides)."""
         self._model_root = Path(model_root) if model_root is not None else None
         self.require_manifest = require_manifest  # refuse model folders without a sha256 manifest.json
+        self.threads = threads
         self.batching = batching or ServingOverrides()
         self.metrics = metrics
         self._lock = threading.Lock()
@@ -191,7 +194,8 @@ class ModelManager:
         pipelines: list[Pipeline] = []
         try:
             for _ in range(instances):
-                pipelines.append(Pipeline(model_dir, backend=backend, require_manifest=self.require_manifest))
+                copy = Pipeline(model_dir, backend, require_manifest=self.require_manifest, threads=self.threads)
+                pipelines.append(copy)
         except BaseException:
             for pipeline in pipelines:
                 pipeline.close()

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from mmfusion import tracing
 from mmfusion.logs import current_request_id, request_id_bound
+from mmfusion.serving import cpu_share
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +132,15 @@ class BatchScheduler(Generic[T, R]):
         name: str = "model",
         on_batch: BatchHook | None = None,
         counted: Callable[[T], bool] | None = None,
+        cpu: cpu_share.CpuAccountant | None = None,
     ) -> None:
         """on_batch(size, queue_seconds, compute_seconds) after each batch reports the items counted(item) accepts
         (default: all), so housekeeping work stays out of the metrics; a batch of none is not reported.
 
         run_batch may be a list: one worker thread per function (per model instance), so batches run side by side.
         default_timeout_us: an item still queued that long fails DeadlineExceededError when it names no deadline
-        (or, without allow_timeout_override, whichever of the two comes first)."""
+        (or, without allow_timeout_override, whichever of the two comes first).
+        cpu: the accountant that charges process CPU time to batches (default: the process's, shared by all)."""
         _check_limits(f"model {name!r}", max_batch_size, max_queue_delay_us, preferred_batch_sizes, max_queue_size)
         runners = list(run_batch) if isinstance(run_batch, Sequence) else [run_batch]
         if not runners:
@@ -158,6 +161,9 @@ class BatchScheduler(Generic[T, R]):
         self._closing = False
         self._abandon = False
         self._busy = _BusyClock()
+        self._cpu = cpu if cpu is not None else cpu_share.PROCESS
+        self._cpu_lock = threading.Lock()
+        self._cpu_seconds = 0.0
         self.started_at = time.monotonic()
         self._workers = [
             threading.Thread(target=self._serve, args=(runner,), name=f"scheduler-{name}-{index}", daemon=True)
@@ -190,6 +196,15 @@ class BatchScheduler(Generic[T, R]):
     def busy_seconds(self) -> float:
         """Seconds the workers have spent running batches since the scheduler started, summed over workers."""
         return self._busy.seconds()
+
+    def cpu_seconds(self) -> float:
+        """Process CPU seconds charged to this scheduler's batches (see cpu_share), counted items' share only.
+
+        A batch's charge is split by item: housekeeping items that counted() rejects take their share out, so
+        cpu_seconds() / items reported to on_batch is the CPU time of one inference.
+        """
+        with self._cpu_lock:
+            return self._cpu_seconds
 
     def stream_depth(self, stream_id: str | None) -> int:
         """Unserved items of one stream (None: the shared pseudo-stream of unary requests)."""
@@ -351,6 +366,7 @@ class BatchScheduler(Generic[T, R]):
         queue_seconds = [started - pending.enqueued for pending in batch]
         span = self._trace(batch) if tracing.enabled() else None
         self._busy.begin(started)
+        cpu_token = self._cpu.begin()
         try:
             with tracing.use(span):
                 results = list(run_batch([pending.item for pending in batch]))
@@ -360,6 +376,7 @@ class BatchScheduler(Generic[T, R]):
                 )
         except BaseException as error:  # every waiter must learn of the failure, even on SystemExit
             self._busy.end(time.monotonic())
+            cpu_seconds = self._cpu.end(cpu_token)
             tracing.end(span, error)
             for pending in batch:
                 pending.future.set_exception(error)
@@ -368,12 +385,16 @@ class BatchScheduler(Generic[T, R]):
             log.warning("model %r: batch of %d failed: %s", self.name, len(batch), error)
         else:
             self._busy.end(time.monotonic())
+            cpu_seconds = self._cpu.end(cpu_token)
             tracing.end(span)  # before the callers wake: their RPC spans end after their batch's
             for pending, result in zip(batch, results):
                 pending.future.set_result(result)
         compute_seconds = time.monotonic() - started
         if self._counted is not None:
             queue_seconds = [seconds for pending, seconds in zip(batch, queue_seconds) if self._counted(pending.item)]
+        if queue_seconds:
+            with self._cpu_lock:
+                self._cpu_seconds += cpu_seconds * len(queue_seconds) / len(batch)
         if self._on_batch is not None and queue_seconds:
             try:
                 self._on_batch(len(queue_seconds), queue_seconds, compute_seconds)

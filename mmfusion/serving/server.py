@@ -188,6 +188,8 @@ def build_server(
     first_message_timeout_s: float = DEFAULT_FIRST_MESSAGE_TIMEOUT_S,
     stream_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     http_port: int | None = None,
+    audit_node_id: str | None = None,
+    threads: int | None = None,
 ) -> InspectionServer:
     """Load the models (names in the repository or folders), bind host:port (0 = any free port); not started.
 
@@ -212,13 +214,15 @@ def build_server(
     LoadModel (`mmfusion serve` turns it on; the Python default keeps unsigned folders loadable).
     The audit chain is keyed (HMAC) by `audit_cipher`'s key store; `audit_fail_closed` ends a call
     UNAVAILABLE when its event cannot be written (default: logged, counted, served); `audit_new_segment`
-    opens a log that no longer reaches its head checkpoint, with the loss on the record.
+    opens a log that no longer reaches its head checkpoint, with the loss on the record; `audit_node_id`
+    (serve: --node-id, default the host name) names this replica in every audit record.
 
     Threads: unary calls run on `max_workers` threads; streaming calls on a pool of their own, at most
     `max_open_streams` at once (RESOURCE_EXHAUSTED beyond), so open streams never starve health,
     listings or Inspect. A client stream must send its first message within `first_message_timeout_s`
     and then one at least every `stream_idle_timeout_s` (DEADLINE_EXCEEDED otherwise); on stop, open
-    streams take no new messages, answer those they took and end UNAVAILABLE.
+    streams take no new messages, answer those they took and end UNAVAILABLE. `threads` (None: each
+    model's `runtime:` block) sets every backend's intra-op threads, e.g. 1 for a replica pinned to one core.
 
     `http_port` (None: off; 0 = any free port) also serves KServe v2 over HTTP/REST on host:http_port
     (kserve_http.py): the same servicer behind the same interceptor chain; with `tls`, TLS 1.3 of its own.
@@ -233,7 +237,9 @@ def build_server(
     BatchingConfig(**flags)  # limits that cannot work fail here, before any model loads
     metrics = ServiceMetrics()
     cache = ResultCache(cache_bytes, sizeof=len)  # the cache holds serialized InspectionResults
-    manager = ModelManager(model_root, batching=batching, metrics=metrics, require_manifest=require_manifest)
+    manager = ModelManager(
+        model_root, batching=batching, metrics=metrics, require_manifest=require_manifest, threads=threads
+    )
     health_servicer = health.HealthServicer()
     if tls is not None and find_nginx() is None:
         raise OSError(
@@ -253,6 +259,7 @@ def build_server(
         audit_fail_closed=audit_fail_closed,
         audit_new_segment=audit_new_segment,
         metrics=metrics,
+        audit_node_id=audit_node_id,
     )
     if security is not None:
         manager.add_listener(security.on_model_change)

@@ -258,6 +258,28 @@ def test_without_a_cipher_fields_are_kept_as_given(tmp_path):
     assert json.loads(read_lines(path)[0])["result"] == "ok 0"
 
 
+def test_node_id_names_the_replica_in_every_hashed_record(tmp_path):
+    """Replicas each keep their own chain; `node` (serve --node-id) tells their shipped records apart."""
+    keystore = KeyStore.generate()
+    paths = {node: tmp_path / node / "audit.log" for node in ("replica-0", "replica-1")}
+    for node, path in paths.items():
+        with AuditLog(path, keystore=keystore, node_id=node) as audit:
+            audit.append(call_event(0))
+            with pytest.raises(AuditError, match="'node' is reserved"):
+                audit.append({**call_event(1), "node": "someone-else"})
+        records = [json.loads(line) for line in read_lines(path)]
+        assert [record["node"] for record in records] == [node]
+        assert verify([path], keystore=keystore).ok
+        edited = read_lines(path)[0].replace(f'"node":"{node}"', '"node":"replica-9"')
+        path.write_text(edited)
+        assert not verify([path], keystore=keystore).ok  # the node is hashed: it cannot be changed unseen
+    with AuditLog(tmp_path / "plain.log") as audit:  # no node id: no `node` field, and events may carry one
+        audit.append({**call_event(0), "node": "given"})
+    assert json.loads(read_lines(tmp_path / "plain.log")[0])["node"] == "given"
+    with pytest.raises(AuditError, match="node id: empty"):
+        AuditLog(tmp_path / "blank.log", node_id=" ")
+
+
 def test_concurrent_appends_keep_one_chain(tmp_path):
     path = tmp_path / "audit.log"
     with AuditLog(path, fsync="never", max_bytes=8192) as audit:

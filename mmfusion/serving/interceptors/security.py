@@ -103,11 +103,13 @@ def build_security(
     audit_fail_closed: bool = False,
     audit_new_segment: bool = False,
     metrics=None,
+    audit_node_id: str | None = None,
 ) -> ServerSecurity | None:
     """The server's security from its options; None when none is configured (no interceptor at all).
 
     The audit chain is keyed by `audit_cipher`'s key store (unkeyed without one); `audit_new_segment`
-    starts a log that no longer reaches its head checkpoint, with the loss on the record.
+    starts a log that no longer reaches its head checkpoint, with the loss on the record; `audit_node_id`
+    names this replica in every record (`node`).
     """
     if auth is None and policy_path is not None:
         raise ValueError(f"policy {policy_path}: an access policy needs authentication (API keys or JWT) to know roles")
@@ -120,7 +122,12 @@ def build_security(
 
         keystore = audit_cipher.keystore if audit_cipher is not None else None
         audit = AuditLog(
-            audit_path, cipher=audit_cipher, fsync=audit_fsync, keystore=keystore, new_segment=audit_new_segment
+            audit_path,
+            cipher=audit_cipher,
+            fsync=audit_fsync,
+            keystore=keystore,
+            new_segment=audit_new_segment,
+            node_id=audit_node_id,
         )
     return ServerSecurity(
         auth, policy, audit, rate_limit, proxies=proxies, audit_fail_closed=audit_fail_closed, metrics=metrics
