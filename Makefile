@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup clean system-deps exports
+.PHONY: run test lint setup clean system-deps exports image image-edge image-cuda
 
 setup: $(STAMP)
 
@@ -22,6 +22,18 @@ run: $(STAMP)
 exports: $(STAMP)
 	for model in pcb-inspect defect-anomaly defect-report; do $(BIN)/mmfusion describe $$model | grep backend; done
 
+# The container images (Containerfile, Containerfile.cuda; docs/deploy.md "Container images"): buildah with chroot
+# isolation from a Debian base image made here with mmdebstrap + podman import when missing (BASE_IMAGE=... for
+# another). An image whose inputs are unchanged is kept; FORCE=1 rebuilds.
+image: $(STAMP)
+	PROFILE=full PYTHON=$(BIN)/python sh deploy/image/build.sh
+
+image-edge: $(STAMP)
+	PROFILE=edge PYTHON=$(BIN)/python sh deploy/image/build.sh
+
+image-cuda: $(STAMP)
+	PROFILE=cuda PYTHON=$(BIN)/python sh deploy/image/build.sh
+
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q --durations=15
 
@@ -38,16 +50,19 @@ RTSP_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
 	gstreamer1.0-plugins-ugly gstreamer1.0-rtsp
 RTSP_CHECK := import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, GstRtspServer; \
 	Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')
+# The container image tools (make image; tests/deploy/test_image.py).
+IMAGE_PACKAGES := mmdebstrap podman buildah
 system-deps:
 	@missing=""; \
 	PATH="$(SYSTEM_PATH)" command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
 	PATH="$(SYSTEM_PATH)" command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	/usr/bin/python3 -c "$(RTSP_CHECK)" >/dev/null 2>&1 || missing="$$missing gstreamer-rtsp"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	if [ -z "$$missing" ]; then echo "system-deps: nginx, openssl, GStreamer RTSP and chromium present"; exit 0; fi; \
+	for tool in mmdebstrap podman buildah; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then echo "system-deps: nginx, openssl, GStreamer RTSP, chromium, mmdebstrap, podman and buildah present"; exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
 		echo "system-deps: missing:$$missing; install them as root (Debian: apt-get install nginx-light openssl" \
-			"$(RTSP_PACKAGES) chromium); the tests that need them will be skipped"; exit 0; fi; \
+			"$(RTSP_PACKAGES) chromium $(IMAGE_PACKAGES)); the tests that need them will be skipped"; exit 0; fi; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq; \
 	packages=""; \
@@ -56,6 +71,7 @@ system-deps:
 	case "$$missing" in *openssl*) packages="$$packages openssl";; esac; \
 	case "$$missing" in *gstreamer-rtsp*) packages="$$packages $(RTSP_PACKAGES)";; esac; \
 	case "$$missing" in *chromium*) packages="$$packages chromium fonts-dejavu-core";; esac; \
+	case "$$missing" in *mmdebstrap*|*podman*|*buildah*) packages="$$packages $(IMAGE_PACKAGES)";; esac; \
 	echo "system-deps: apt-get install $$packages"; \
 	apt-get install -y -qq --no-install-recommends $$packages \
 		|| echo "system-deps: WARNING: apt-get install $$packages failed; the tests that need them will skip"

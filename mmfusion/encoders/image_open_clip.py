@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from open_clip.transformer import VisionTransformer
 from pydantic import field_validator
 
 from mmfusion.encoders.base import Encoder
@@ -57,6 +56,8 @@ class OpenClipImageEncoder(Encoder):
         self.mean = tuple(params.mean or preprocess_cfg["mean"])
         self.std = tuple(params.std or preprocess_cfg["std"])
         self.output_dim = model_config(params.model_name)["embed_dim"]
+        from open_clip.transformer import VisionTransformer  # lazily: see open_clip_model.check_model_name
+
         self.has_patch_tokens = isinstance(self.visual, VisionTransformer)
         if self.has_patch_tokens:
             self.visual.output_tokens = True

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import open_clip
 from pydantic import field_validator
 from torch import nn
 
@@ -35,6 +34,8 @@ class OpenClipParams(PartParams):
 
 def check_model_name(name: str) -> str:
     """Return `name` if open_clip has a config for it, else raise naming a few close names."""
+    import open_clip  # here, not at module import: open_clip brings torchvision, which the edge image leaves out
+
     known = open_clip.list_models()
     if name in known:
         return name
@@ -47,6 +48,8 @@ def check_model_name(name: str) -> str:
 
 def model_config(name: str) -> dict[str, Any]:
     """The built-in open_clip config of a model: embed_dim, vision_cfg, text_cfg."""
+    import open_clip
+
     return open_clip.get_model_config(check_model_name(name))
 
 
@@ -76,6 +79,8 @@ def _quiet_random_init_warning() -> Iterator[None]:
 
 
 def _load_checkpoint(model: nn.Module, model_name: str, checkpoint: str) -> None:
+    import open_clip
+
     try:
         open_clip.load_checkpoint(model, checkpoint, strict=True, weights_only=True)
     except Exception as error:  # torch.load and load_state_dict raise many types for a bad file
@@ -89,6 +94,8 @@ def _load_checkpoint(model: nn.Module, model_name: str, checkpoint: str) -> None
 
 def build_clip(model_name: str, checkpoint: str | None) -> nn.Module:
     """Build a full open_clip model in eval mode: random weights, or `checkpoint` loaded strictly."""
+    import open_clip
+
     _refuse_hub_text_tower(model_name)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint {checkpoint!r} does not exist; expected a local open_clip {model_name} file")

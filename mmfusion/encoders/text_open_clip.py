@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
-from open_clip.transformer import text_global_pool
 from torch import nn
 
 from mmfusion.encoders.base import Encoder
@@ -53,6 +51,8 @@ class OpenClipTextEncoder(Encoder):
     def __init__(self, params: OpenClipParams) -> None:
         super().__init__(params)
         _refuse_hub_tokenizer(params.model_name)
+        import open_clip  # lazily: see open_clip_model.check_model_name
+
         self.tokenizer = open_clip.get_tokenizer(params.model_name)
         clip = build_clip(params.model_name, params.checkpoint)
         if hasattr(clip, "text"):
@@ -90,6 +90,8 @@ class OpenClipTextEncoder(Encoder):
 
     def _clip_features(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP.encode_text, keeping every position's features as well as the pooled one."""
+        from open_clip.transformer import text_global_pool
+
         clip = self.clip
         x = clip.token_embedding(input_ids) + clip.positional_embedding  # (B, L, W)
         x = clip.transformer(x, attn_mask=clip.attn_mask)  # (B, L, W)

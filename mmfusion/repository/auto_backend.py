@@ -79,9 +79,21 @@ def cached_export_dir(name: str, fingerprint: str) -> Path:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (a lock file), so two processes do not build the same export at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    """An exclusive lock on `path` (a lock file), so two processes do not build the same export at once.
+
+    No lock where the lock file cannot be written (a read-only export cache, as a container image carries):
+    nothing can be built there either, so its exports are only read.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as error:
+        LOG.debug("export cache not writable, reading it unlocked: %s", error)
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
