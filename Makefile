@@ -20,7 +20,7 @@ run: $(STAMP)
 
 # backend: auto models build their ONNX export into ~/.cache/mmfusion/exports on first load; this builds them now.
 exports: $(STAMP)
-	for model in pcb-inspect defect-anomaly defect-report; do $(BIN)/mmfusion describe $$model | grep backend; done
+	for model in pcb-inspect pcb-template defect-anomaly defect-report; do $(BIN)/mmfusion describe $$model | grep backend; done
 
 # The container images (Containerfile, Containerfile.cuda; docs/deploy.md "Container images"): buildah with chroot
 # isolation from a Debian base image made here with mmdebstrap + podman import when missing (BASE_IMAGE=... for
