@@ -73,6 +73,12 @@ class Timeline:
         self.decoded[result.camera].append(result.latency_s)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count_page_updates(url: str, stop: threading.Event, counts: list[int]) -> None:
     """Read a tile's MJPEG stream, counting the parts (each a changed picture) while `stop` is unset."""
     with urllib.request.urlopen(url, timeout=30) as response:
@@ -160,11 +166,23 @@ def run_model(
         drops_before = {name: camera.reader.latest.dropped for name, camera in system.cameras.items()}
         read_before = {name: camera.reader.stats.frames for name, camera in system.cameras.items()}
         server_drops_before = {name: camera.stream.stats.server_dropped for name, camera in system.cameras.items()}
+        processes = {"cameras + page": os.getpid(), "RTSP cameras": [c._process.pid for c in sources.values()]}
+        if server_mode == "process":
+            processes["server"] = server.process.pid
+
+        def cpu_now() -> dict[str, float]:
+            return {
+                name: sum(cpu_seconds(pid) for pid in (pids if isinstance(pids, list) else [pids]))
+                for name, pids in processes.items()
+            }
+
+        cpu_before = cpu_now()
         timeline.measuring.set()
         started = time.perf_counter()
         time.sleep(seconds)
         elapsed = time.perf_counter() - started
         timeline.measuring.clear()
+        cpu_used = {name: used - cpu_before[name] for name, used in cpu_now().items()}
         rows = {}
         for name, camera in system.cameras.items():
             answered = camera.stream.stats.answered - before[name][0]
@@ -183,7 +201,12 @@ def run_model(
                 "reconnects": camera.reader.stats.reconnects,
                 "frame_errors": camera.stream.stats.errors,
             }
-        return {"seconds": round(elapsed, 1), "unmatched_stamps": timeline.unmatched, "cameras": rows}
+        judged = sum(camera.stream.stats.answered - before[name][0] for name, camera in system.cameras.items())
+        cpu = {
+            name: {"cores": round(used / elapsed, 2), "ms_per_judged_frame": round(1000 * used / max(judged, 1), 1)}
+            for name, used in cpu_used.items()
+        }
+        return {"seconds": round(elapsed, 1), "unmatched_stamps": timeline.unmatched, "cameras": rows, "cpu": cpu}
     finally:
         stop_pages.set()
         view.stop()
@@ -251,6 +274,10 @@ def main() -> None:
                 f"{row['dropped_at_camera']:9d} {row['dropped_by_server']:9d}"
             )
         print("\n".join(lines[-len(run["cameras"]) :]), flush=True)
+        for name, used in run["cpu"].items():
+            per_frame = used["ms_per_judged_frame"]
+            lines.append(f"{model:15s} CPU of {name}: {used['cores']:.2f} cores, {per_frame} ms per judged frame")
+            print(lines[-1], flush=True)
     print()
     print("\n".join(lines))
     for model, run in result["runs"].items():

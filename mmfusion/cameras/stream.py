@@ -112,6 +112,7 @@ class CameraStream:
         self._stop = threading.Event()
         self._sequence = 0
         self._in_flight: dict[int, tuple[CapturedFrame, np.ndarray]] = {}
+        self._call = 0  # which call is current: an ended call's frame generator must not send or hold room
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name=f"camera-stream-{spec.name}", daemon=True)
@@ -137,21 +138,26 @@ class CameraStream:
             include_heatmap=self.spec.heatmap,
         )
 
-    def _has_room(self) -> bool:
-        return len(self._in_flight) < self.spec.max_pending_frames or self._stop.is_set()
+    def _has_room(self, call: int) -> bool:
+        return len(self._in_flight) < self.spec.max_pending_frames or self._stop.is_set() or call != self._call
 
-    def _frames(self) -> Iterator[pb.Frame]:
-        """Frame messages of one call: the newest frame, no more often than fps, until stopped."""
+    def _frames(self, call: int) -> Iterator[pb.Frame]:
+        """Frame messages of call number `call`: the newest frame, no more often than fps, until stopped.
+
+        gRPC reads this generator on a thread of its own, which can still be inside it when the call has failed
+        and the next one started: once `call` is not the current call it sends nothing and takes no room (a
+        frame of a dead call counted in flight would leave the next call no room to send: the camera stalled).
+        """
         interval = 1.0 / self.spec.fps
         first, last_number, next_due = True, 0, time.monotonic()
-        while not self._stop.is_set():
+        while not self._stop.is_set() and call == self._call:
             wait = next_due - time.monotonic()
             if wait > 0 and self._stop.wait(wait):
                 return
             # At most max_pending_frames unanswered: a frame the model cannot take yet stays in the camera's
             # slot, where a newer one replaces it for free, instead of being encoded, sent and dropped there.
             with self._lock:
-                if not self._room.wait_for(self._has_room, TAKE_WAIT_S):
+                if not self._room.wait_for(lambda: self._has_room(call), TAKE_WAIT_S):
                     continue
             captured = self.reader.latest.take(last_number, TAKE_WAIT_S)
             if captured is None:
@@ -171,6 +177,8 @@ class CameraStream:
                 if self._reference is not None:
                     frame.reference_image.CopyFrom(self._reference)
             with self._lock:
+                if call != self._call:
+                    return
                 self._in_flight[self._sequence] = (captured, image)
             self.stats.sent += 1
             next_due = max(next_due + interval, time.monotonic() - interval)  # no burst after a stall
@@ -182,7 +190,7 @@ class CameraStream:
             try:
                 with self._connect() as client:
                     self.stats.calls += 1
-                    for answer in client.stream(self._frames()):
+                    for answer in client.stream(self._frames(self._call)):
                         if not self.stats.connected:
                             self.stats.connected, delay = True, self._reconnect.initial_s
                         self._answered(answer)
@@ -195,6 +203,7 @@ class CameraStream:
             finally:
                 self.stats.connected = False
                 with self._lock:
+                    self._call += 1  # the ended call's generator stops; its frames in flight are forgotten
                     self._in_flight.clear()
                     self._room.notify_all()
             if self._stop.wait(delay):
