@@ -199,6 +199,8 @@ def run_model(
                 "dropped_at_camera": camera.reader.latest.dropped - drops_before[name],
                 "dropped_by_server": camera.stream.stats.server_dropped - server_drops_before[name],
                 "reconnects": camera.reader.stats.reconnects,
+                "stream_calls": camera.stream.stats.calls,
+                "last_error": camera.stream.stats.last_error or camera.reader.stats.last_error,
                 "frame_errors": camera.stream.stats.errors,
             }
         judged = sum(camera.stream.stats.answered - before[name][0] for name, camera in system.cameras.items())
