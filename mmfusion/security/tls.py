@@ -59,6 +59,18 @@ ${client_auth}
             grpc_read_timeout 1h;
             grpc_send_timeout 1h;
         }
+
+        # client_max_body_size counts a whole HTTP/2 call's request body: a stream's frames would reach it
+        # within minutes (nginx answers 413), so streams (StreamInspect, StreamCall, ModelStreamInfer)
+        # have no limit here; serve checks each message's size.
+        location ~ ^/(mmfusion\\.v1\\.Inspection/Stream|inference\\.GRPCInferenceService/ModelStreamInfer) {
+            client_max_body_size 0;
+            grpc_pass grpc://127.0.0.1:${upstream_port};
+            grpc_set_header X-Real-IP $remote_addr;
+            grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            grpc_read_timeout 1h;
+            grpc_send_timeout 1h;
+        }
     }
 }
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import grpc
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -350,3 +351,35 @@ def test_front_config_listens_on_ipv6_wildcards_and_forwards_the_client(certs, t
 def test_tls_files_refuse_a_key_of_another_cert(certs, other_certs):
     with pytest.raises(InputError, match="--tls-key: does not belong to the first certificate in --tls-cert"):
         TlsFiles.checked(certs.server_cert, other_certs.server_key)
+
+
+@needs_nginx
+def test_streams_outlast_the_front_body_limit_which_still_bounds_unary_calls(server, certs, tmp_path):
+    """nginx counts a whole HTTP/2 call's request body against client_max_body_size: a camera stream through the
+    front must not end when its frames add up to the limit, while one oversized Inspect is still refused."""
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    frame_bytes = png(noise)  # about 49 KB: 12 frames are about 6x the limit below
+    limit = 100_000
+    with NginxFront(
+        0, server.port, certs.server_cert, certs.server_key, workdir=tmp_path, max_body_bytes=limit
+    ) as nginx:
+        with inspection_stub(nginx.port, channel_credentials(certs.ca_cert)) as stub:
+            frames = [
+                pb.Frame(
+                    stream_id="line-1",
+                    sequence_number=n,
+                    image=image_message(frame_bytes),
+                    model="tiny" if n == 1 else "",
+                )
+                for n in range(1, 13)
+            ]
+            answers = list(stub.StreamInspect(iter(frames), timeout=CALL_TIMEOUT_S))
+            large = pb.InspectRequest(model="tiny", image=image_message(png(np.tile(noise, (2, 2, 1)))))
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Inspect(large, timeout=CALL_TIMEOUT_S)
+    assert len(frame_bytes) * len(frames) > 5 * limit
+    answered = [answer.sequence_number for answer in answers]
+    skipped = [n for answer in answers for n in answer.skipped_sequence_numbers]  # the server keeps the newest
+    assert answered[-1] == 12 and sorted(answered + skipped) == list(range(1, 13))
+    assert not any(answer.HasField("error") for answer in answers)
+    assert refused.value.code() != grpc.StatusCode.OK and len(large.image.data) > limit
