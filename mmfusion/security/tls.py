@@ -367,6 +367,16 @@ class NginxFront:
         nginx: str | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self._prepare(listen_port, workdir, listen_address, nginx, "mmfusion-nginx-")
+        self.config = render_nginx_config(
+            self.port, upstream_port, cert, key, client_ca, self.workdir, self.listen_address, max_body_bytes
+        )
+        self.process: subprocess.Popen | None = None
+
+    def _prepare(
+        self, listen_port: int, workdir: str | Path | None, listen_address: str, nginx: str | None, prefix: str
+    ) -> None:
+        """Listen address and port (0: a free one), the nginx binary (refused when missing) and the work dir."""
         self.listen_address = listen_host(listen_address)
         self.port = listen_port or free_port(self.listen_address)
         self.nginx = nginx or find_nginx()
@@ -374,11 +384,7 @@ class NginxFront:
             raise FileNotFoundError(
                 "nginx not found; install it (Debian: apt-get install nginx-light, or make system-deps)"
             )
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mmfusion-nginx-"))
-        self.config = render_nginx_config(
-            self.port, upstream_port, cert, key, client_ca, self.workdir, self.listen_address, max_body_bytes
-        )
-        self.process: subprocess.Popen | None = None
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix=prefix))
 
     def command(self) -> list[str]:
         """The nginx command line: foreground, prefix and error log inside workdir."""

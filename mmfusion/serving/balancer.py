@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mmfusion.security.tls import NginxFront, _Placeholders, find_nginx, free_port, listen_host
+from mmfusion.security.tls import NginxFront, _Placeholders, free_port, listen_host
 from mmfusion.types import InputError
 
 REPLICA_HEADER = "x-mmfusion-replica"
@@ -152,14 +151,7 @@ class NginxBalancer(NginxFront):
         nginx: str | None = None,
         **limits,
     ) -> None:
-        self.listen_address = listen_host(listen_address)
-        self.port = listen_port or free_port(self.listen_address)
-        self.nginx = nginx or find_nginx()
-        if self.nginx is None:
-            raise FileNotFoundError(
-                "nginx not found; install it (Debian: apt-get install nginx-light, or make system-deps)"
-            )
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mmfusion-balancer-"))
+        self._prepare(listen_port, workdir, listen_address, nginx, "mmfusion-balancer-")
         self.upstreams = list(upstreams)
         self.config = render_balancer_config(self.port, self.upstreams, self.workdir, self.listen_address, **limits)
         self.process: subprocess.Popen | None = None
