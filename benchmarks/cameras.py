@@ -37,12 +37,13 @@ from mmfusion.cameras.view.app import LiveView  # noqa: E402
 from mmfusion.cameras.view.server import ViewServer  # noqa: E402
 from mmfusion.client import InspectionClient  # noqa: E402
 from mmfusion.media import decode_image  # noqa: E402
-from mmfusion.serving import build_server  # noqa: E402
+from mmfusion.serving.memory import keep_heap_warm  # noqa: E402
 from tests.cameras.rtsp import RtspCamera, read_stamp, rtsp_unavailable  # noqa: E402
 
 FRAMES = REPO / "samples" / "frames"
 BOARDS = ["13000002", "44000064", "50600002", "77000002", "92000002", "00041002"]
 TARGETS = {"min_fps": 14.0, "p95_ms": 300.0, "page_updates_per_s": 5.0}
+LOOP_SECONDS = 10  # --encoding loop: each camera sends 10 s of H.264 encoded once at start, over and over
 
 
 def board_files(index: int) -> tuple[Path, Path]:
@@ -52,10 +53,15 @@ def board_files(index: int) -> tuple[Path, Path]:
 
 
 class Timeline:
-    """Every judged frame's glass-to-verdict and decode-to-verdict latency, per camera, in the measured window."""
+    """Every judged frame's glass-to-verdict and decode-to-verdict latency, per camera, in the measured window.
 
-    def __init__(self, cameras: dict[str, RtspCamera]) -> None:
+    Looping cameras reuse their stamps every `loop_s` seconds: a stamp names its latest push, and a match
+    older than half a loop (its newer push not logged yet) counts as unmatched.
+    """
+
+    def __init__(self, cameras: dict[str, RtspCamera], loop_s: float = float("inf")) -> None:
         self.cameras = cameras
+        self.loop_s = loop_s
         self.measuring = threading.Event()
         self.glass: dict[str, list[float]] = {name: [] for name in cameras}
         self.decoded: dict[str, list[float]] = {name: [] for name in cameras}
@@ -66,7 +72,7 @@ class Timeline:
             return
         received = result.captured_wall + result.latency_s
         pushed = self.cameras[result.camera].pushes["/cam0"].get(read_stamp(result.image))
-        if pushed is None:
+        if pushed is None or received - pushed > self.loop_s / 2:
             self.unmatched += 1
             return
         self.glass[result.camera].append(received - pushed)
@@ -93,11 +99,12 @@ def count_page_updates(url: str, stop: threading.Event, counts: list[int]) -> No
 class ServeProcess:
     """`mmfusion serve MODEL` in a process of its own on a free loopback port (as an operator runs it)."""
 
-    def __init__(self, model: str, log: Path) -> None:
+    def __init__(self, model: str, log: Path, threads: int | None = None) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         command = [sys.executable, "-m", "mmfusion", "serve", model, "--port", str(self.port), "--log-level", "warning"]
+        command += [] if threads is None else ["--threads", str(threads)]
         self.log = log
         self.process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -125,26 +132,39 @@ class ServeProcess:
 
 
 def run_model(
-    model: str, cameras: int, fps: int, seconds: float, warmup: float, work: Path, server_mode: str = "process"
+    model: str,
+    cameras: int,
+    fps: int,
+    seconds: float,
+    warmup: float,
+    work: Path,
+    server_mode: str = "process",
+    encoding: str = "loop",
+    serve_threads: int | None = None,
+    max_pending: int = 1,
 ) -> dict:
     """One run of `cameras` RTSP cameras through `model`; per-camera numbers."""
+    loop = LOOP_SECONDS * fps if encoding == "loop" else 0
     sources: dict[str, RtspCamera] = {}
     specs = []
     for index in range(cameras):
         template, tested = board_files(index)
         name = f"cam{index}"
-        sources[name] = RtspCamera([decode_image(tested)], work / f"{name}.rgb", mounts=1, fps=fps).start()
-        spec = {"name": name, "url": sources[name].url(0), "model": model, "fps": fps, "max_pending_frames": 1}
+        frames = [decode_image(tested)]
+        sources[name] = RtspCamera(frames, work / f"{name}.rgb", mounts=1, fps=fps, encoded_loop=loop).start()
+        spec = {"name": name, "url": sources[name].url(0), "model": model, "fps": fps, "max_pending_frames": max_pending}
         if model == "pcb-template":
             spec["reference"] = str(template)
         specs.append(spec)
     config = parse_cameras({"cameras": specs, "record": {"folder": str(work / "records")}}, "benchmark", REPO)
     if server_mode == "process":
-        server = ServeProcess(model, work / "serve.log").start()
+        server = ServeProcess(model, work / "serve.log", serve_threads).start()
     else:
+        from mmfusion.serving import build_server  # torch in this process only when the server is in it
+
         server = build_server([model], port=0).start()
     target = f"127.0.0.1:{server.port}"
-    timeline = Timeline(sources)
+    timeline = Timeline(sources, LOOP_SECONDS if loop else float("inf"))
     system = CameraSystem(config, lambda: InspectionClient(target, timeout=None), listeners=[timeline]).start()
     view = ViewServer(LiveView(system.board, max_fps=config.view.max_fps)).start()
     stop_pages = threading.Event()
@@ -244,17 +264,30 @@ def main() -> None:
         default="process",
         help="process: `mmfusion serve` on its own (its own interpreter lock); in-process: beside the cameras",
     )
+    parser.add_argument(
+        "--encoding",
+        choices=["loop", "live"],
+        default="loop",
+        help="loop: the test cameras encode once and loop the H.264 (like a camera's own encoder, no CPU here); "
+        "live: they encode every frame with x264 on this machine's CPUs",
+    )
+    parser.add_argument("--max-pending", type=int, default=1, help="each camera's max_pending_frames")
+    parser.add_argument("--serve-threads", type=int, help="`mmfusion serve --threads N` (default: serve's own)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cameras.json"))
     args = parser.parse_args()
     reason = rtsp_unavailable()
     if reason:
         sys.exit(f"benchmarks/cameras.py: {reason}")
+    keep_heap_warm()  # as `mmfusion cameras` does
     result = {
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "cameras": args.cameras,
         "camera_fps": args.fps,
         "server": args.server,
+        "camera_encoding": args.encoding,
+        "serve_threads": args.serve_threads,
+        "max_pending_frames": args.max_pending,
         "targets": TARGETS,
         "runs": {},
     }
@@ -263,7 +296,18 @@ def main() -> None:
     lines = [header]
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory() as work:
-            run = run_model(model, args.cameras, args.fps, args.seconds, args.warmup, Path(work), args.server)
+            run = run_model(
+                model,
+                args.cameras,
+                args.fps,
+                args.seconds,
+                args.warmup,
+                Path(work),
+                args.server,
+                args.encoding,
+                args.serve_threads,
+                args.max_pending,
+            )
         run["targets_held"] = verdicts(run)
         result["runs"][model] = run
         for name, row in run["cameras"].items():

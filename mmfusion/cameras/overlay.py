@@ -14,21 +14,32 @@ BAR_HEIGHT = 30
 
 
 def heatmap_from_png(png: bytes, height: int, width: int) -> np.ndarray | None:
-    """The server's 8-bit heatmap PNG as floats in [0, 1] at the frame's size; None without one."""
+    """The server's 8-bit heatmap PNG at the frame's size, uint8 (H, W) (255 = the map's maximum); None without one."""
     if not png:
         return None
     heat = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
     if heat is None:
         return None
-    heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
-    return heat.astype(np.float32) / 255.0  # (H, W)
+    if heat.shape != (height, width):
+        heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
+    return heat
 
 
 def blend_heatmap(canvas: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """JET colours over the upper half of the map's range, opacity growing with the heat (BGR in and out)."""
-    colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    weight = (np.clip((heat - 0.5) * 2.0, 0.0, 1.0) * HEAT_ALPHA)[..., None]  # (H, W, 1)
-    return (canvas * (1.0 - weight) + colours * weight).astype(np.uint8)
+    """JET colours over the upper half of the map's range, opacity growing with the heat (BGR in and out).
+
+    heat is uint8 (H, W); only the rows and columns holding heat above half are blended (most frames: few).
+    """
+    rows, cols = np.nonzero((heat > 127).any(1))[0], np.nonzero((heat > 127).any(0))[0]
+    if not len(rows):
+        return canvas
+    region = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    hot = heat[region]
+    colours = cv2.applyColorMap(hot, cv2.COLORMAP_JET)
+    weight = np.clip((hot.astype(np.float32) - 127.5) * (2.0 * HEAT_ALPHA / 255.0), 0.0, HEAT_ALPHA)  # (h, w)
+    blended = canvas.copy()
+    blended[region] = cv2.blendLinear(canvas[region], colours, 1.0 - weight, weight)
+    return blended
 
 
 def draw(result: CameraResult, fps: float = 0.0) -> np.ndarray:

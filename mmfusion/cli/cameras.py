@@ -108,6 +108,7 @@ def _wait(duration: float | None) -> None:
 def _cmd_cameras(args: argparse.Namespace) -> int:
     from mmfusion.cameras.config import load_cameras
     from mmfusion.cameras.system import CameraSystem
+    from mmfusion.serving.memory import keep_heap_warm
 
     config = load_cameras(args.config)
     if args.record_folder:
@@ -118,6 +119,7 @@ def _cmd_cameras(args: argparse.Namespace) -> int:
     _check_view_exposure(args, view_host, auth.enabled)
     if args.duration is not None and not args.duration > 0:
         raise InputError(f"--duration {args.duration}: expected seconds > 0")
+    keep_heap_warm()
     server = None
     if args.server is None:
         from mmfusion.serving import build_server

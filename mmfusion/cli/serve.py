@@ -155,6 +155,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, security: dict) -> int:
     from mmfusion.serving import serve
+    from mmfusion.serving.memory import keep_heap_warm
+
+    keep_heap_warm()
 
     return serve(
         args.models,

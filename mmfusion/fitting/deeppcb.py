@@ -60,7 +60,7 @@ def run(
     manifests = deeppcb_manifests(data, work, val_fraction, seed, split, seen_fraction)
     record = json.loads((Path(work) / SPLIT_FILE).read_text())
     train, val = load_manifest(manifests["train"]), load_manifest(manifests["val"])
-    pipeline = Pipeline(model)
+    pipeline = Pipeline(model, backend="torch" if fit else None)  # an export of the weights before fitting is stale
     head = pipeline.graph.heads[head_name]
     asked = {k: record[k] for k in SPLIT_KEYS if k in record}
     fitted_on = asked if fit else fitted_split(head)

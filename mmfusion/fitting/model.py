@@ -128,7 +128,7 @@ def fit_model(
 def _fit_copied(
     out: Path, train: list[ManifestRow], val: list[ManifestRow] | None, rule: str, target_fdr: float
 ) -> dict[str, dict[str, float]]:
-    pipeline = Pipeline(out)
+    pipeline = Pipeline(out, backend="torch")  # fitting changes the torch weights: an export would be stale
     try:
         fitters = head_fitters(pipeline)
         if not fitters:

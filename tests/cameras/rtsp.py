@@ -45,7 +45,16 @@ def read_stamp(image: np.ndarray) -> int:
 class RtspCamera:
     """rtsp_camera.py serving `frames` (RGB, all one size) on /cam0.. at `fps`; `pushes[mount][index]` = unix time."""
 
-    def __init__(self, frames: list[np.ndarray], frames_file: Path, mounts: int = 1, fps: int = 15, port: int = 0):
+    def __init__(
+        self,
+        frames: list[np.ndarray],
+        frames_file: Path,
+        mounts: int = 1,
+        fps: int = 15,
+        port: int = 0,
+        encoded_loop: int = 0,
+    ):
+        """encoded_loop N: encode N stamped frames once and loop them (stamps repeat every N; see rtsp_camera.py)."""
         height, width = frames[0].shape[:2]
         frames_file.write_bytes(b"".join(np.ascontiguousarray(frame).tobytes() for frame in frames))
         self.command = [
@@ -65,6 +74,8 @@ class RtspCamera:
             str(port or _free_port()),
             "--stamp",
             "--log",
+            "--encoded-loop",
+            str(encoded_loop),
         ]
         self.pushes: dict[str, dict[int, float]] = {f"/cam{n}": {} for n in range(mounts)}
         self.port = 0

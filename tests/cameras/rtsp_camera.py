@@ -5,6 +5,9 @@ project's venv does not. Frames come from a file of back-to-back (HEIGHT, WIDTH,
 the caller wrote, served in a loop. With --stamp, each frame carries its running index as a strip of
 black and white blocks in its top-left corner (see tests/cameras/stamps.py), and with --log each push
 is printed as `push MOUNT INDEX UNIX_TIME`, so a reader can tell which frame left the "camera" when.
+With --encoded-loop N the frames are encoded once at start (N stamped frames, stamps 0..N-1, a keyframe
+every fps frames) and the camera sends that H.264 in a loop, as a camera's own encoder would: serving
+costs almost no CPU, so a benchmark on the same machine measures the readers, not the test's encoder.
 Prints `ready PORT` once listening.
 """
 
@@ -36,6 +39,39 @@ def stamp(frame: bytearray, index: int, width: int) -> bytes:
     return bytes(stamped)
 
 
+def raw_caps(a) -> str:
+    return f"video/x-raw,format=RGB,width={a.width},height={a.height},framerate={a.fps}/1"
+
+
+def encoder(a) -> str:
+    return (
+        f"videoconvert ! video/x-raw,format=I420 ! x264enc tune=zerolatency speed-preset=ultrafast "
+        f"key-int-max={a.fps} bitrate={a.bitrate}"
+    )
+
+
+def encode_loop(frames: list[bytes], a) -> list[bytes]:
+    """`a.encoded_loop` frames (stamped 0.. when a.stamp) as H.264 access units, each GOP starting with a keyframe."""
+    pipeline = Gst.parse_launch(
+        f"appsrc name=src format=time caps={raw_caps(a)} ! {encoder(a)} ! "
+        "video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
+    )
+    source, sink = pipeline.get_by_name("src"), pipeline.get_by_name("sink")
+    pipeline.set_state(Gst.State.PLAYING)
+    units = []
+    for index in range(a.encoded_loop):
+        frame = frames[index % len(frames)]
+        buffer = Gst.Buffer.new_wrapped(stamp(frame, index, a.width) if a.stamp else frame)
+        buffer.pts = buffer.dts = index * Gst.SECOND // a.fps
+        buffer.duration = Gst.SECOND // a.fps
+        source.emit("push-buffer", buffer)
+        sample = sink.emit("pull-sample")  # zerolatency: one access unit out per frame in
+        units.append(sample.get_buffer().extract_dup(0, sample.get_buffer().get_size()))
+    source.emit("end-of-stream")
+    pipeline.set_state(Gst.State.NULL)
+    return units
+
+
 class Camera(GstRtspServer.RTSPMediaFactory):
     """One mount: every client shares one pipeline fed by a thread that pushes a frame every 1/fps s."""
 
@@ -47,13 +83,12 @@ class Camera(GstRtspServer.RTSPMediaFactory):
 
     def do_create_element(self, url):
         a = self.args
-        caps = f"video/x-raw,format=RGB,width={a.width},height={a.height},framerate={a.fps}/1"
-        launch = (
-            f"( appsrc name=src is-live=true do-timestamp=true format=time caps={caps} ! videoconvert ! "
-            f"video/x-raw,format=I420 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={a.fps} "
-            f"bitrate={a.bitrate} ! rtph264pay name=pay0 pt=96 config-interval=1 )"
-        )
-        return Gst.parse_launch(launch)
+        source = "appsrc name=src is-live=true do-timestamp=true format=time"
+        if a.encoded_loop:
+            launch = f"( {source} caps=video/x-h264,stream-format=byte-stream,alignment=au ! h264parse ! "
+        else:
+            launch = f"( {source} caps={raw_caps(a)} ! {encoder(a)} ! "
+        return Gst.parse_launch(launch + "rtph264pay name=pay0 pt=96 config-interval=1 )")
 
     def _configure(self, factory, media) -> None:
         source = media.get_element().get_by_name_recurse_up("src")
@@ -70,12 +105,15 @@ class Camera(GstRtspServer.RTSPMediaFactory):
             if delay > 0:
                 time.sleep(delay)
             frame = self.frames[index % len(self.frames)]
-            data = stamp(frame, index, a.width) if a.stamp else frame
+            if a.encoded_loop:
+                data, number = frame, index % len(self.frames)  # already encoded and stamped
+            else:
+                data, number = (stamp(frame, index, a.width) if a.stamp else frame), index
             pushed_at = time.time()
             if source.emit("push-buffer", Gst.Buffer.new_wrapped(data)) != Gst.FlowReturn.OK:
                 return
             if a.log:
-                print(f"push {self.mount} {index} {pushed_at:.6f}", flush=True)
+                print(f"push {self.mount} {number} {pushed_at:.6f}", flush=True)
             index += 1
 
 
@@ -90,7 +128,11 @@ def main() -> int:
     parser.add_argument("--bitrate", type=int, default=2000, help="kbit/s")
     parser.add_argument("--stamp", action="store_true", help="write each frame's index into its pixels")
     parser.add_argument("--log", action="store_true", help="print every push")
+    parser.add_argument("--encoded-loop", type=int, default=0, help="encode N frames once and send them in a loop")
     args = parser.parse_args()
+    if args.encoded_loop % args.fps:
+        print(f"--encoded-loop {args.encoded_loop}: expected a multiple of --fps {args.fps} (whole GOPs)")
+        return 2
     frame_bytes = args.width * args.height * 3
     data = open(args.frames, "rb").read()
     if not data or len(data) % frame_bytes:
@@ -98,6 +140,8 @@ def main() -> int:
         return 2
     frames = [data[start : start + frame_bytes] for start in range(0, len(data), frame_bytes)]
     Gst.init(None)
+    if args.encoded_loop:
+        frames = encode_loop(frames, args)
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mmfusion.cameras.capture import CameraReader
 from mmfusion.cameras.config import ReconnectSpec
 from mmfusion.cameras.system import CameraSystem
 from mmfusion.client import InspectionClient
 from tests.cameras.conftest import MODEL, TEMPLATE, camera_file, wait_for
-from tests.cameras.rtsp import read_stamp
+from tests.cameras.rtsp import RtspCamera, read_stamp, rtsp_unavailable
 
 
 def test_an_rtsp_h264_camera_is_decoded_newest_first(tmp_path, rtsp_camera, tested_board):
@@ -30,6 +31,32 @@ def test_an_rtsp_h264_camera_is_decoded_newest_first(tmp_path, rtsp_camera, test
         assert stamps[-1] in rtsp_camera.pushes["/cam0"]  # the stamp names a frame the camera really pushed
     finally:
         reader.stop()
+
+
+def test_a_camera_sending_preencoded_h264_in_a_loop_is_read_in_order(tmp_path, tested_board):
+    reason = rtsp_unavailable()
+    if reason:
+        pytest.skip(reason)
+    camera = RtspCamera([tested_board], tmp_path / "frames.rgb", fps=15, encoded_loop=30).start()
+    spec = camera_file([{"name": "loop", "url": camera.url(0), "model": MODEL}], tmp_path).cameras[0]
+    reader = CameraReader(spec, ReconnectSpec(initial_s=0.1, max_s=0.5)).start()
+    try:
+        stamps, number = [], 0
+        while len(stamps) < 40:  # past the loop's end: frame 29 is followed by frame 0
+            frame = reader.latest.take(after=number, timeout=15)
+            assert frame is not None, "no frame from the looping RTSP camera"
+            stamps.append(read_stamp(frame.image))
+            number = frame.number
+        body = (slice(64, None), slice(None))
+        assert np.abs(frame.image[body].astype(int) - tested_board[body]).mean() < 8
+        assert all(0 <= s < 30 for s in stamps)
+        steps = [(later - earlier) % 30 for earlier, later in zip(stamps, stamps[1:])]
+        assert all(1 <= step <= 3 for step in steps), stamps  # in order, newest first, across the wrap
+        assert any(later < earlier for earlier, later in zip(stamps, stamps[1:]))  # it did wrap
+        assert set(camera.pushes["/cam0"]) <= set(range(30))  # pushes are logged by loop position
+    finally:
+        reader.stop()
+        camera.stop()
 
 
 def test_rtsp_cameras_find_the_defects_end_to_end(tmp_path, server, rtsp_camera):

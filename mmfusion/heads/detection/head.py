@@ -105,8 +105,11 @@ class DetectionHead(Head):
         ]
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        # Candidates below every type's threshold can neither be kept nor suppress a box that is (greedy NMS
+        # suppresses only by higher scores), so peaks start at the lowest threshold: the same boxes, less NMS.
+        floor = max(self.params.min_score, min(self.threshold(kind) for kind in self.types))
         results = []
-        for heat, boxes in zip(outputs["heatmap"], self.detect(outputs), strict=True):
+        for heat, boxes in zip(outputs["heatmap"], self.detect(outputs, min_score=floor), strict=True):
             kept = [b for b in boxes if b.score >= self.threshold(b.type)]
             type_scores = heat.reshape(heat.shape[0], -1).max(1)  # (K,)
             stride = self.params.stride
