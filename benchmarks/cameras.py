@@ -152,7 +152,8 @@ def run_model(
         name = f"cam{index}"
         frames = [decode_image(tested)]
         sources[name] = RtspCamera(frames, work / f"{name}.rgb", mounts=1, fps=fps, encoded_loop=loop).start()
-        spec = {"name": name, "url": sources[name].url(0), "model": model, "fps": fps, "max_pending_frames": max_pending}
+        spec = {"name": name, "url": sources[name].url(0), "model": model, "fps": fps}
+        spec["max_pending_frames"] = max_pending
         if model == "pcb-template":
             spec["reference"] = str(template)
         specs.append(spec)
