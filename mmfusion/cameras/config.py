@@ -70,6 +70,7 @@ class CameraSpec(Strict):
     smoothing: Smoothing = Smoothing()
     max_pending_frames: Annotated[int, Field(ge=1, le=8)] = 2
     heatmap: bool = True  # ask the server for the heatmap of models that make one (drawn on the live view)
+    heatmap_max_side: int = Field(default=160, ge=0, le=8192)  # its longer side in pixels (0: the frame's size)
     loop: bool = False  # video files: start again at the end instead of reconnecting
     jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 90  # frames travel to the server as JPEG
 

@@ -136,6 +136,7 @@ class CameraStream:
             smoothing_window=smoothing.window,
             smoothing_min_count=smoothing.min_count,
             include_heatmap=self.spec.heatmap,
+            heatmap_max_side=self.spec.heatmap_max_side,
         )
 
     def _has_room(self, call: int) -> bool:

@@ -91,16 +91,18 @@ class InspectRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., reference_image: _Optional[_Union[Image, _Mapping]] = ..., text: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., include_heatmap: _Optional[bool] = ..., include_embedding: _Optional[bool] = ...) -> None: ...
 
 class StreamOptions(_message.Message):
-    __slots__ = ("max_pending_frames", "smoothing_window", "smoothing_min_count", "include_heatmap")
+    __slots__ = ("max_pending_frames", "smoothing_window", "smoothing_min_count", "include_heatmap", "heatmap_max_side")
     MAX_PENDING_FRAMES_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_WINDOW_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_MIN_COUNT_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
     max_pending_frames: int
     smoothing_window: int
     smoothing_min_count: int
     include_heatmap: bool
-    def __init__(self, max_pending_frames: _Optional[int] = ..., smoothing_window: _Optional[int] = ..., smoothing_min_count: _Optional[int] = ..., include_heatmap: _Optional[bool] = ...) -> None: ...
+    heatmap_max_side: int
+    def __init__(self, max_pending_frames: _Optional[int] = ..., smoothing_window: _Optional[int] = ..., smoothing_min_count: _Optional[int] = ..., include_heatmap: _Optional[bool] = ..., heatmap_max_side: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("stream_id", "sequence_number", "capture_time", "image", "model", "version", "text", "options", "reference_image")

@@ -164,16 +164,22 @@ HEATMAP_PNG = [
 ]
 
 
-def _heatmap_png(heatmap: Any) -> bytes:
-    """A float map in [0, 1] (or any range) as an 8-bit grayscale PNG."""
+def _heatmap_png(heatmap: Any, max_side: int = 0) -> bytes:
+    """A float map in [0, 1] (or any range) as an 8-bit grayscale PNG, shrunk to `max_side` pixels when larger."""
     values = np.asarray(heatmap, np.float32)  # (H, W)
+    if max_side and max(values.shape) > max_side:
+        scale = max_side / max(values.shape)
+        size = (max(1, round(values.shape[1] * scale)), max(1, round(values.shape[0] * scale)))  # (width, height)
+        values = cv2.resize(values, size, interpolation=cv2.INTER_AREA)
     low, high = float(values.min()), float(values.max())
     scaled = np.zeros_like(values) if high <= low else (values - low) / (high - low)
     ok, png = cv2.imencode(".png", (scaled * 255).astype(np.uint8), HEATMAP_PNG)
     return png.tobytes() if ok else b""
 
 
-def head_to_proto(kind: str, output: dict[str, Any], include_heatmap: bool, include_embedding: bool) -> pb.HeadResult:
+def head_to_proto(
+    kind: str, output: dict[str, Any], include_heatmap: bool, include_embedding: bool, heatmap_max_side: int = 0
+) -> pb.HeadResult:
     """One head's postprocessed dict as a HeadResult; unknown keys go to `extra`."""
     result = pb.HeadResult(kind=kind)
     extra: dict[str, Any] = {}
@@ -193,7 +199,7 @@ def head_to_proto(kind: str, output: dict[str, Any], include_heatmap: bool, incl
             result.boxes.extend(_box(box) for box in value)
         elif key in ("heatmap", "anomaly_map"):
             if include_heatmap:
-                result.heatmap_png = _heatmap_png(value)
+                result.heatmap_png = _heatmap_png(value, heatmap_max_side)
         else:
             extra[key] = _json_value(value)
     if extra:
@@ -208,7 +214,11 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 
 def prediction_to_proto(
-    prediction: Prediction, entry: ModelEntry, include_heatmap: bool = False, include_embedding: bool = False
+    prediction: Prediction,
+    entry: ModelEntry,
+    include_heatmap: bool = False,
+    include_embedding: bool = False,
+    heatmap_max_side: int = 0,
 ) -> pb.InspectionResult:
     """A Prediction as an InspectionResult: every head by name, plus the verdict and summary fields."""
     result = pb.InspectionResult(
@@ -216,7 +226,9 @@ def prediction_to_proto(
     )
     for head_name, output in prediction.outputs.items():
         kind = entry.config.heads[head_name].name
-        result.heads[head_name].CopyFrom(head_to_proto(kind, output, include_heatmap, include_embedding))
+        result.heads[head_name].CopyFrom(
+            head_to_proto(kind, output, include_heatmap, include_embedding, heatmap_max_side)
+        )
     labelled = [name for name, output in prediction.outputs.items() if "label" in output]
     verdict_head = "verdict" if "verdict" in labelled else (labelled[0] if labelled else None)
     if verdict_head is not None:

@@ -129,7 +129,14 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         if error is not None:
             reply.error.CopyFrom(pb.FrameError(code=status_of(error).name, message=one_line(error)))
             return reply
-        reply.result.CopyFrom(prediction_to_proto(outcome.value, work.entry, include_heatmap=stream.include_heatmap))
+        reply.result.CopyFrom(
+            prediction_to_proto(
+                outcome.value,
+                work.entry,
+                include_heatmap=stream.include_heatmap,
+                heatmap_max_side=stream.heatmap_max_side,
+            )
+        )
         reply.result.timings.CopyFrom(timings(work.received, work.submitted, outcome))
         reply.smoothed_verdict = stream.smooth(reply.result.verdict)
         return reply

@@ -72,6 +72,7 @@ class StreamState:
     last_sequence: int
     smoothing_min_count: int = 0
     include_heatmap: bool = False
+    heatmap_max_side: int = 0  # 0: the image's size
     reference: Any = None  # the decoded golden template (H, W, 3) of template models, from a frame's reference_image
     pending: deque[FrameSlot] = field(default_factory=deque)
     skipped: list[int] = field(default_factory=list)
@@ -175,6 +176,7 @@ class StreamSession:
                 last_sequence=-1,
                 smoothing_min_count=options.smoothing_min_count,
                 include_heatmap=options.include_heatmap,
+                heatmap_max_side=options.heatmap_max_side,
             )
         elif frame.model and frame.model != stream.model:
             raise InputError(
