@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def tiny_template(tmp_path_factory) -> Pipeline:
     """The shipped config with a narrow random-weight detector, for the input checks."""
     folder = tmp_path_factory.mktemp("tiny") / "pcb-template"
     folder.mkdir()
-    text = (MODEL / "config.yaml").read_text().replace("width: 32", "width: 4")
+    text = re.sub(r"width: \d+", "width: 4", (MODEL / "config.yaml").read_text())
     (folder / "config.yaml").write_text(text)
     return Pipeline(folder)
 
