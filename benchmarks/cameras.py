@@ -5,8 +5,9 @@ DeepPCB tested board, every frame stamped with its index in its pixels and its p
 glass-to-verdict latency is measured from the moment the frame left the "camera" to the moment its
 verdict came back. By default (`--encoding loop`) each camera encodes 10 s of stamped frames once at start
 and sends that H.264 in a loop, as an IP camera's own encoder would; `--encoding live` encodes every
-frame with x264 on this machine's cores (about 9 ms of CPU per judged frame taken from the measured side). The cameras run through `mmfusion.cameras` exactly as `mmfusion cameras` runs them
-(in-process loopback server, the shipped model on its configured backend), and one MJPEG client per tile
+frame with x264 on this machine's cores (about 9 ms of CPU per judged frame taken from the measured side).
+The cameras run through `mmfusion.cameras` as `mmfusion cameras` runs them (`mmfusion serve` in its own
+process by default, the shipped model on its configured backend), and one MJPEG client per tile
 counts how often the live page's picture changes.
 
 Issue 18's targets: no camera below 14 fps, glass-to-verdict p95 <= 300 ms, >= 5 page updates/s per tile.
