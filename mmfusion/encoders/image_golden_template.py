@@ -7,7 +7,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from torch.nn import functional as F
 
 from mmfusion.config import PartParams
 from mmfusion.encoders.base import Encoder
@@ -47,6 +46,19 @@ def fuse_pair(image: np.ndarray, reference: np.ndarray, fuse: str, color: str) -
     return np.concatenate(planes[fuse], axis=0)
 
 
+def space_to_depth(planes: np.ndarray, stride: int) -> np.ndarray:
+    """(C, H, W) planes, H and W multiples of `stride` -> (C*s*s, H/s, W/s) cells, as torch's pixel_unshuffle.
+
+    Done here rather than in the graph: ONNX Runtime ran the exported pixel_unshuffle (a 6-D Transpose) in
+    7 of the 23 ms of pcb-template's 640x640 pass on one thread; this copy takes under 1 ms.
+    """
+    channels, height, width = planes.shape
+    rows, cols = height // stride, width // stride
+    cells = np.empty((channels, stride, stride, rows, cols), np.float32)
+    cells[...] = planes.reshape(channels, rows, stride, cols, stride).transpose(0, 2, 4, 1, 3)
+    return cells.reshape(channels * stride * stride, rows, cols)
+
+
 @ENCODERS.register("image.golden_template")
 class GoldenTemplateEncoder(Encoder):
     """Reads (tested image, golden template) pairs, fuses them early and cuts the planes into stride-s cells.
@@ -58,7 +70,7 @@ class GoldenTemplateEncoder(Encoder):
 
     modality = Modality.IMAGE
     Params = GoldenTemplateParams
-    input_names = ("pixels", "sizes")
+    input_names = ("cells", "sizes")
     example_params = {"fuse": "both", "color": "gray", "stride": 4}
     uses_reference = True
 
@@ -68,7 +80,7 @@ class GoldenTemplateEncoder(Encoder):
         self.output_dim = self.planes * params.stride**2
 
     def preprocess(self, items: list[Any]) -> dict[str, np.ndarray]:
-        """(image, reference) pairs -> pixels (B, C, H, W) float32 padded to the stride, sizes (B, 2) int64."""
+        """(image, reference) pairs -> cells (B, C*s*s, H/s, W/s) float32 (padded to the stride), sizes (B, 2) int64."""
         fused = []
         for index, item in enumerate(items):
             if not isinstance(item, tuple) or len(item) != 2 or item[1] is None:
@@ -84,19 +96,22 @@ class GoldenTemplateEncoder(Encoder):
         stride = self.params.stride
         height = -(-max(f.shape[1] for f in fused) // stride) * stride
         width = -(-max(f.shape[2] for f in fused) // stride) * stride
-        pixels = np.zeros((len(fused), self.planes, height, width), np.float32)  # (B, C, H, W)
+        cells = np.zeros((len(fused), self.output_dim, height // stride, width // stride), np.float32)  # (B, D, h, w)
         for index, planes in enumerate(fused):
-            pixels[index, :, : planes.shape[1], : planes.shape[2]] = planes
+            if planes.shape[1:] != (height, width):
+                padded = np.zeros((self.planes, height, width), np.float32)
+                padded[:, : planes.shape[1], : planes.shape[2]] = planes
+                planes = padded
+            cells[index] = space_to_depth(planes, stride)
         sizes = np.array([f.shape[1:] for f in fused], np.int64)  # (B, 2) height, width
-        return {"pixels": pixels, "sizes": sizes}
+        return {"cells": cells, "sizes": sizes}
 
-    def forward(self, pixels: torch.Tensor, sizes: torch.Tensor) -> Embedding:
+    def forward(self, cells: torch.Tensor, sizes: torch.Tensor) -> Embedding:
         stride = self.params.stride
-        cells = F.pixel_unshuffle(pixels, stride)  # (B, C*s*s, h, w)
-        batch, dim, height, width = cells.shape
+        batch, dim, height, width = cells.shape  # (B, C*s*s, h, w)
         tokens = cells.flatten(2).transpose(1, 2)  # (B, h*w, D)
-        rows = torch.arange(height, device=pixels.device) * stride  # (h,)
-        cols = torch.arange(width, device=pixels.device) * stride  # (w,)
+        rows = torch.arange(height, device=cells.device) * stride  # (h,)
+        cols = torch.arange(width, device=cells.device) * stride  # (w,)
         valid = (rows[None, :, None] < sizes[:, 0, None, None]) & (cols[None, None, :] < sizes[:, 1, None, None])
         mask = valid.flatten(1)  # (B, h*w)
         weights = mask.unsqueeze(-1).to(tokens.dtype)  # (B, h*w, 1)

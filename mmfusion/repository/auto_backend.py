@@ -1,8 +1,9 @@
 """`backend: auto`: ONNX Runtime on the model's export (its folder's, else one built once into the cache), else torch.
 
 The cached export lives in <export cache>/<model>/<fingerprint>/onnx/ (`export_cache`), outside the signed model
-folder; the fingerprint covers the folder's files, the version, the graph's weights and the exporter versions, so a
-changed model gets a new export. It is verified against its own sha256 manifest on every load and rebuilt when it fails.
+folder; the fingerprint covers the folder's files, the version, the graph's weights, inputs and code, and the exporter
+versions, so a changed model (or a changed encoder or head) gets a new export. It is verified against its own
+sha256 manifest on every load and rebuilt when it fails.
 On CPUs with int8 dot products, an INT8 export beside it (onnx-int8/) runs instead where its check passes
 (`auto_int8`: verdicts as FP32 torch on the model's calibration images, and faster here).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -49,7 +51,8 @@ class BackendChoice:
 
 
 def model_fingerprint(model_dir: Path, version: int, graph: PipelineGraph) -> str:
-    """sha256 of the folder's files (as its manifest lists them), the version, the graph's tensors and the exporters."""
+    """sha256 of the folder's files (as its manifest lists them), the version, the graph's tensors, input names and
+    source code (the modules of its encoders, fusion and heads), and the exporters."""
     digest = hashlib.sha256(f"version {version}\n".encode())
     manifest = model_dir / MANIFEST_NAME
     if manifest.is_file():  # its file hashes only: re-signing the same files keeps the export
@@ -62,8 +65,23 @@ def model_fingerprint(model_dir: Path, version: int, graph: PipelineGraph) -> st
     for key, tensor in graph.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(graph.input_names()).encode())
+    for source in _graph_sources(graph):
+        digest.update(source.read_bytes())
     digest.update(json.dumps(exporter_versions(), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _graph_sources(graph: PipelineGraph) -> list[Path]:
+    """The mmfusion source files that define the graph's modules (what its export is traced from)."""
+    files = set()
+    for module in graph.modules():
+        for cls in type(module).__mro__:
+            if cls.__module__.startswith("mmfusion."):
+                source = inspect.getsourcefile(cls)
+                if source:
+                    files.add(Path(source))
+    return sorted(files)
 
 
 def export_cache() -> Path:

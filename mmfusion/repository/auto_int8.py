@@ -36,12 +36,20 @@ from mmfusion.runtime.exported import (
     staging_dir,
 )
 from mmfusion.runtime.parity import compare_outputs
-from mmfusion.runtime.quantize import CALIBRATION_BATCH, cpu_int8_dot_product, quantize_static_prefix
+from mmfusion.runtime.quantize import (
+    CALIBRATION_BATCH,
+    FIDELITY_TARGET,
+    cpu_int8_dot_product,
+    max_fp32_layers,
+    quantize_static_prefix,
+)
 from mmfusion.security.integrity import read_model_file, sha256_file
 from mmfusion.types import Modality
 
 CALIBRATION_DIR = "calibration"
 """Real images in the model folder that INT8 is calibrated and checked on."""
+REFERENCES_DIR = "references"
+"""For models that read (image, reference) pairs: calibration/references/<name> is calibration/<name>'s reference."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MIN_IMAGES = 8
 """Fewer calibration images than this: no verdict check worth the name, so no INT8."""
@@ -53,8 +61,14 @@ SPEED_SECONDS = 0.5
 PRECISION_ENV = "MMFUSION_AUTO_PRECISION"
 """`fp32` keeps `backend: auto` on FP32 (as `runtime: {precision: fp32}` does); `auto` or unset: choose."""
 INT8_DIR = "onnx-int8"
-RECIPE = 1
-"""How the INT8 export is made and checked; an export recorded under another recipe is made again."""
+BOX_IOU = 0.5
+MIN_BOX_AGREEMENT = 0.95
+"""Heads that draw boxes: INT8 must draw this share of the FP32 boxes, and few others (F-score, same type, IoU 0.5).
+A single box flipping near its threshold is not a changed verdict; pcb-template's all-INT8 detector drew 0.99 of
+them and scored within 0.002 F of FP32 on 200 held-out DeepPCB pairs (docs/runtimes.md)."""
+RECIPE = 2
+"""How the INT8 export is made and checked; an export recorded under another recipe is made again.
+2: boxes compared (`MIN_BOX_AGREEMENT`), more first layers FP32 while decisions differ, dense heads, pair models."""
 IMAGE_GROUP = Modality.IMAGE.value
 LOG = logging.getLogger(__name__)
 
@@ -86,6 +100,19 @@ def calibration_images(model_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def calibration_references(model_dir: Path, images: list[Path]) -> list[Path]:
+    """calibration/references/<name> for each calibration image; ConfigError naming the first one missing."""
+    folder = Path(model_dir) / CALIBRATION_DIR / REFERENCES_DIR
+    references = [folder / image.name for image in images]
+    missing = [path for path in references if not path.is_file()]
+    if missing:
+        raise ConfigError(
+            f"{CALIBRATION_DIR}/{REFERENCES_DIR}/{missing[0].name}: missing; the model reads (image, reference) "
+            f"pairs, so every {CALIBRATION_DIR}/ image needs its reference of the same name there"
+        )
+    return references
+
+
 def example_images(graph: PipelineGraph) -> list[Path]:
     """The image files the heads' labelled examples name (never calibrated on: held out for the check)."""
     paths: list[Path] = []
@@ -114,9 +141,33 @@ def _scores(result: dict[str, Any]) -> dict[str, float]:
     return {"score": float(score)} if isinstance(score, (int, float)) else {}
 
 
+def _matched_boxes(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> int:
+    """Boxes of `got` matched one to one with boxes of `expected` of the same type at IoU >= BOX_IOU (greedy, best
+    first). numpy, not torchvision.ops.box_iou: the edge image, which builds INT8 exports too, has no torchvision."""
+    if not expected or not got:
+        return 0
+    first = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in expected], np.float64)  # (E, 4)
+    second = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in got], np.float64)  # (G, 4)
+    low = np.maximum(first[:, None, :2], second[None, :, :2])  # (E, G, 2)
+    high = np.minimum(first[:, None, 2:], second[None, :, 2:])  # (E, G, 2)
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)  # (E, G)
+    area = lambda boxes: np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)  # noqa: E731
+    overlap = inter / np.maximum(area(first)[:, None] + area(second)[None, :] - inter, 1e-12)  # (E, G) IoU
+    overlap[np.array([[e["label"] != g["label"] for g in got] for e in expected])] = 0.0
+    matched = 0
+    while overlap.size and overlap.max() >= BOX_IOU:
+        row, col = np.unravel_index(overlap.argmax(), overlap.shape)
+        overlap[row, :], overlap[:, col] = 0.0, 0.0
+        matched += 1
+    return matched
+
+
 def verdict_agreement(reference: list[dict[str, Any]], candidate: list[dict[str, Any]]) -> dict[str, Any]:
-    """How many items get every head's verdict the reference gives, the largest score difference, the verdicts seen."""
+    """How many items get every head's verdict the reference gives, the largest score difference, the verdicts seen,
+    and for heads that draw boxes the share of boxes both draw (F-score of the candidate's boxes against the
+    reference's: same type, IoU >= BOX_IOU; 1.0 when neither draws any)."""
     agreeing, largest, verdicts = 0, 0.0, 0
+    boxes = {"reference": 0, "candidate": 0, "matched": 0}
     for expected, got in zip(reference, candidate, strict=True):
         same = True
         for head, result in expected.items():
@@ -128,14 +179,34 @@ def verdict_agreement(reference: list[dict[str, Any]], candidate: list[dict[str,
             theirs = _scores(got[head])
             for key, value in _scores(result).items():
                 largest = max(largest, abs(value - theirs.get(key, value)))
+            if "boxes" in result:
+                boxes["reference"] += len(result["boxes"])
+                boxes["candidate"] += len(got[head].get("boxes", []))
+                boxes["matched"] += _matched_boxes(result["boxes"], got[head].get("boxes", []))
         agreeing += same
-    return {"images": len(reference), "agreeing": agreeing, "verdicts": verdicts, "max_score_difference": largest}
+    drawn = boxes["reference"] + boxes["candidate"]
+    return {
+        "images": len(reference),
+        "agreeing": agreeing,
+        "verdicts": verdicts,
+        "max_score_difference": largest,
+        "boxes": boxes,
+        "box_agreement": 2 * boxes["matched"] / drawn if drawn else 1.0,
+    }
 
 
-def _image_inputs(graph: PipelineGraph, images: list[Path]) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
-    """The image graph's inputs for `images` (read through the folder's manifest check) and their sizes."""
-    decoded = [decode_image(read_model_file(path), f"{path.parent.name}/{path.name}") for path in images]
-    arrays = graph.encoders[IMAGE_GROUP].preprocess(decoded)
+def _image_inputs(
+    graph: PipelineGraph, images: list[Path], references: list[Path] | None = None
+) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+    """The image graph's inputs for `images` (with their `references`, for pair models; read through the folder's
+    manifest check) and their sizes."""
+
+    def read(path: Path) -> np.ndarray:
+        return decode_image(read_model_file(path), f"{path.parent.name}/{path.name}")
+
+    decoded = [read(path) for path in images]
+    items = decoded if references is None else list(zip(decoded, map(read, references), strict=True))
+    arrays = graph.encoders[IMAGE_GROUP].preprocess(items)
     return {input_name(Modality.IMAGE, k): v for k, v in arrays.items()}, [image.shape[:2] for image in decoded]
 
 
@@ -208,6 +279,14 @@ def _check_note(check: dict[str, Any]) -> tuple[bool, str]:
             f"{agreement['images']} images ({CALIBRATION_DIR}/ and examples; max score diff "
             f"{agreement['max_score_difference']:.3f})"
         )
+    box_agreement = agreement.get("box_agreement", 1.0)
+    if box_agreement < MIN_BOX_AGREEMENT:
+        return False, (
+            f"int8 not used: CPU has {cpu}, but INT8 draws other boxes than FP32 torch (box agreement "
+            f"{box_agreement:.3f} on {agreement['images']} images, needs {MIN_BOX_AGREEMENT})"
+        )
+    if agreement.get("boxes", {}).get("reference"):
+        agrees += f", box agreement {box_agreement:.3f}"
     if ratio < MIN_SPEEDUP:
         return False, f"int8 not used: CPU has {cpu} and {agrees}, but {faster} (needs {MIN_SPEEDUP}x)"
     return True, f"CPU has {cpu}; {agrees}; {faster}"
@@ -221,15 +300,17 @@ def build_int8_export(
     images: list[Path],
     destination: Path,
     runtime: RuntimeSpec,
+    references: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Quantise the FP32 export's image graph on `images`, check it, write the export with its check; the check.
 
-    Ranges come from every other calibration image; the check runs on all of them and the examples' images.
+    Ranges come from every other calibration image; the check runs on all of them and the examples' images
+    (pair models, given `references`: on the calibration pairs only, examples name no reference).
     """
     staging = staging_dir(destination)
     try:
-        examples = [path for path in example_images(graph) if path not in images]
-        feed, sizes = _image_inputs(graph, images + examples)
+        examples = [] if references is not None else [p for p in example_images(graph) if p not in images]
+        feed, sizes = _image_inputs(graph, images + examples, references)
         ranges = {name: array[: len(images) : 2] for name, array in feed.items()}  # the others stay held out
         batches = [
             {name: array[start : start + CALIBRATION_BATCH] for name, array in ranges.items()}
@@ -238,8 +319,18 @@ def build_int8_export(
         if IMAGE_GROUP not in fp32.graphs:
             raise ConfigError(f"the FP32 export has no {IMAGE_GROUP} graph (groups {', '.join(fp32.graphs)})")
         image = fp32.graphs[IMAGE_GROUP]
-        mixed = quantize_static_prefix(fp32_folder / image.file, staging / image.file, batches)
-        reference, quantized = _torch_outputs(graph, feed), _onnx_outputs(staging / image.file, feed, runtime)
+        reference = _torch_outputs(graph, feed)
+        expected = graph.postprocess(reference, sizes)
+        kept, dense = 0, all(head.dense_outputs for head in graph.heads.values())
+        target = None if dense else FIDELITY_TARGET  # dense maps: judged by the decisions below alone
+        while True:  # few first layers in FP32 with which every verdict and box agrees (1, 2, 3, 5, 8 ... more)
+            mixed = quantize_static_prefix(fp32_folder / image.file, staging / image.file, batches, kept, target)
+            quantized = _onnx_outputs(staging / image.file, feed, runtime)
+            agreement = verdict_agreement(expected, graph.postprocess(quantized, sizes))
+            kept, most = len(mixed["fp32_layers"]), max_fp32_layers(mixed["weight_layers"])
+            if agreement["agreeing"] == agreement["images"] and agreement["box_agreement"] == 1.0 or kept >= most:
+                break
+            kept = min(most, kept + max(1, kept // 2))
         check = {
             "recipe": RECIPE,
             "cpu_int8_dot_product": cpu_int8_dot_product(),
@@ -248,7 +339,7 @@ def build_int8_export(
             "weight_layers": mixed["weight_layers"],
             "fp32_tail_nodes": mixed["fp32_tail_nodes"],
             "output_cosine": mixed["output_cosine"],
-            "agreement": verdict_agreement(graph.postprocess(reference, sizes), graph.postprocess(quantized, sizes)),
+            "agreement": agreement,
             "speed": measure_speed(fp32_folder / image.file, staging / image.file, feed, runtime),
         }
         check["use"], check["note"] = _check_note(check)
@@ -318,8 +409,8 @@ def int8_decision(
         return Int8Decision(None, "int8 not used: this CPU has no VNNI/AMX int8 dot products")
     cpu = ", ".join(dot_product)
     encoder = graph.encoders[IMAGE_GROUP] if IMAGE_GROUP in graph.encoders else None
-    if encoder is None or encoder.uses_reference:
-        return Int8Decision(None, f"int8 not used: CPU has {cpu}, but the model has no single-image graph to quantise")
+    if encoder is None:
+        return Int8Decision(None, f"int8 not used: CPU has {cpu}, but the model has no image graph to quantise")
     images = calibration_images(model_dir)
     if len(images) < MIN_IMAGES:
         return Int8Decision(
@@ -331,7 +422,8 @@ def int8_decision(
     info = _recorded(folder, dot_product)
     if info is None:
         try:
-            build_int8_export(name, graph, fp32_folder, fp32(), images, folder, runtime)
+            references = calibration_references(model_dir, images) if encoder.uses_reference else None
+            build_int8_export(name, graph, fp32_folder, fp32(), images, folder, runtime, references)
             info = read_export(folder)
         except Exception as error:  # noqa: BLE001 - INT8 is an optimisation: FP32 stays when it cannot be had
             LOG.warning("%s: INT8 export failed, staying on FP32: %s", name, error)

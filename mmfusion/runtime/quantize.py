@@ -180,8 +180,15 @@ def graph_layers(path: Path) -> tuple[list[str], list[str]]:
     return [name for name in layers if name], [node.name for node in nodes[end:] if node.name]
 
 
-def quantize_static_prefix(source: Path, destination: Path, batches: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """INT8 QDQ graph whose first weight layers and tail stay FP32: the fewest layers that reach FIDELITY_TARGET.
+def quantize_static_prefix(
+    source: Path,
+    destination: Path,
+    batches: list[dict[str, np.ndarray]],
+    min_fp32_layers: int = 0,
+    fidelity_target: float | None = FIDELITY_TARGET,
+) -> dict[str, Any]:
+    """INT8 QDQ graph whose first weight layers and tail stay FP32: the fewest layers (at least `min_fp32_layers`)
+    that reach `fidelity_target` (None: `min_fp32_layers`, for callers that judge the graph by its decisions).
 
     For speed (what `backend: auto` picks INT8 for). 16-bit weights (`quantize_static_onnx`) have no integer
     kernel in ONNX Runtime's CPU provider: such a convolution is dequantised and run in FP32, and every switch
@@ -189,27 +196,29 @@ def quantize_static_prefix(source: Path, destination: Path, batches: list[dict[s
     no faster than FP32. Its sensitive weights are its first layers (stem, blocks 0 and 1); keeping a prefix
     of the graph in FP32 leaves one switch in and one out (the tail, `graph_layers`) and the rest on the int8
     kernels (about 2x FP32 with AVX-512 VNNI). The prefix length is found by bisection on `batches` (fidelity
-    grows with it), capped at MAX_WIDE_FRACTION of the layers.
+    grows with it), capped at MAX_WIDE_FRACTION of the layers (`max_fp32_layers`).
     """
     with tempfile.TemporaryDirectory(prefix="mmfusion-quant-") as folder:
         work = Path(folder)
         prepared = _preprocessed(source, work)
         reference = _outputs(prepared, batches)
         layers, tail = graph_layers(prepared)
+        most = max_fp32_layers(len(layers))
 
         def fidelity_with(count: int, path: Path) -> float:
             _quantize_qdq(prepared, path, batches, fp32_nodes=layers[:count] + tail)
             return output_cosine(reference, _outputs(path, batches))
 
-        int8_fidelity = fidelity = fidelity_with(0, destination)
-        kept = 0
-        if fidelity < FIDELITY_TARGET and layers:
-            low, high = 1, max(1, int(len(layers) * MAX_WIDE_FRACTION))
+        int8_fidelity = fidelity_with(0, destination)
+        kept = min(min_fp32_layers, most)
+        fidelity = fidelity_with(kept, destination) if kept else int8_fidelity
+        if fidelity_target is not None and fidelity < fidelity_target and kept < most:
+            low, high = kept + 1, most
             candidate = work / "candidate.onnx"
-            if fidelity_with(high, candidate) >= FIDELITY_TARGET:
+            if fidelity_with(high, candidate) >= fidelity_target:
                 while low < high:
                     middle = (low + high) // 2
-                    if fidelity_with(middle, candidate) >= FIDELITY_TARGET:
+                    if fidelity_with(middle, candidate) >= fidelity_target:
                         high = middle
                     else:
                         low = middle + 1
@@ -225,6 +234,11 @@ def quantize_static_prefix(source: Path, destination: Path, batches: list[dict[s
         "fp32_tail_nodes": len(tail),
         "weight_bits": weight_bits(),
     }
+
+
+def max_fp32_layers(weight_layers: int) -> int:
+    """The most first weight layers `quantize_static_prefix` keeps FP32: MAX_WIDE_FRACTION of them, at least 1."""
+    return max(1, int(weight_layers * MAX_WIDE_FRACTION)) if weight_layers else 0
 
 
 def _weight_sensitivity(

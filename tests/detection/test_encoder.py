@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from mmfusion.encoders.image_golden_template import GoldenTemplateEncoder, GoldenTemplateParams, fuse_pair
+from mmfusion.encoders.image_golden_template import (
+    GoldenTemplateEncoder,
+    GoldenTemplateParams,
+    fuse_pair,
+    space_to_depth,
+)
 from mmfusion.types import InputError
 
 
@@ -33,11 +39,22 @@ def test_cells_pad_and_mask_a_mixed_size_batch():
     encoder = GoldenTemplateEncoder(GoldenTemplateParams(fuse="both", color="gray", stride=4))
     small, large = grey(50, 10, 13), grey(80, 16, 24)
     arrays = encoder.preprocess([(small, small), (large, large)])
-    assert arrays["pixels"].shape == (2, 3, 16, 24) and arrays["sizes"].tolist() == [[10, 13], [16, 24]]
+    assert arrays["cells"].shape == (2, 3 * 16, 4, 6) and arrays["sizes"].tolist() == [[10, 13], [16, 24]]
+    padded = np.zeros((3, 16, 24), np.float32)
+    padded[:, :10, :13] = fuse_pair(small, small, "both", "gray")
+    expected = torch.nn.functional.pixel_unshuffle(torch.from_numpy(padded), 4).numpy()  # zeros beyond 10x13
+    assert np.array_equal(arrays["cells"][0], expected) and arrays["cells"][0].any()
     embedding = encoder.encode([(small, small), (large, large)])
     assert embedding.grid == (4, 6) and embedding.tokens.shape == (2, 24, 3 * 16)
     assert embedding.mask[0].reshape(4, 6).sum().item() == 3 * 4  # ceil(10/4) x ceil(13/4) cells hold pixels
     assert embedding.mask[1].all()
+
+
+@pytest.mark.parametrize(("height", "width", "stride"), [(16, 24, 4), (640, 640, 8), (24, 8, 8), (6, 9, 3)])
+def test_space_to_depth_is_torchs_pixel_unshuffle(height, width, stride):
+    planes = np.random.default_rng(0).random((3, height, width), dtype=np.float32)
+    expected = torch.nn.functional.pixel_unshuffle(torch.from_numpy(planes), stride).numpy()
+    assert np.array_equal(space_to_depth(planes, stride), expected)
 
 
 def test_items_that_are_not_pairs_are_refused():

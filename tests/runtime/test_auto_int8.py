@@ -220,3 +220,74 @@ def test_verdict_agreement_compares_labels_and_flags_and_reports_the_largest_sco
     flipped = [same[0], {**same[1], "flags": {"flags": []}}]
     assert verdict_agreement(reference, flipped)["agreeing"] == 1
     assert verdict_agreement([{"embedding": {}}], [{"embedding": {}}])["verdicts"] == 0
+
+
+def box(x1: float, label: str = "short") -> dict:
+    return {"x1": x1, "y1": 10.0, "x2": x1 + 20.0, "y2": 30.0, "label": label, "score": 0.9}
+
+
+def test_verdict_agreement_compares_the_boxes_of_detection_heads():
+    reference = [{"defects": {"label": "defect", "score": 0.9, "boxes": [box(0), box(100, "spur")]}}]
+    moved = [{"defects": {"label": "defect", "score": 0.9, "boxes": [box(2), box(100, "open"), box(300)]}}]
+    result = verdict_agreement(reference, moved)
+    assert result["agreeing"] == 1  # the label is the same ...
+    assert result["boxes"] == {"reference": 2, "candidate": 3, "matched": 1}  # ... but a type changed, a box came
+    assert result["box_agreement"] == pytest.approx(2 * 1 / 5)
+    shifted = [{"defects": {"label": "defect", "score": 0.9, "boxes": [box(15), box(100, "spur")]}}]  # IoU 5/35
+    assert verdict_agreement(reference, shifted)["boxes"]["matched"] == 1
+    assert verdict_agreement(reference, reference)["box_agreement"] == 1.0
+    assert verdict_agreement([{"verdict": {"label": "pass"}}], [{"verdict": {"label": "pass"}}])["box_agreement"] == 1
+
+
+def test_too_few_agreeing_boxes_keep_fp32():
+    check = {
+        "agreement": {
+            "images": 16, "agreeing": 16, "verdicts": 16, "max_score_difference": 0.05,
+            "boxes": {"reference": 40, "candidate": 40, "matched": 36}, "box_agreement": 0.9,
+        },
+        "speed": FAST, "cpu_int8_dot_product": ["avx512_vnni"], "held_out": 8, "fp32_layers": [], "weight_layers": 15,
+    }  # fmt: skip
+    use, note = auto_int8._check_note(check)
+    assert not use and "INT8 draws other boxes than FP32 torch (box agreement 0.900 on 16 images, needs 0.95)" in note
+    check["agreement"]["box_agreement"] = 0.975
+    use, note = auto_int8._check_note(check)
+    assert use and "box agreement 0.975" in note
+
+
+def test_a_disagreeing_int8_graph_keeps_more_first_layers_fp32(cache, model, speed, monkeypatch):
+    fake_cpu(monkeypatch, "avx512_vnni")
+    real, asked = auto_int8.quantize_static_prefix, []
+
+    def counting(*args):
+        mixed = real(*args)
+        asked.append((args[3], len(mixed["fp32_layers"])))  # (at least, kept)
+        return mixed
+
+    agreements = iter([{"box_agreement": 0.5}, {}])  # boxes differ with all layers INT8, agree with one more FP32
+
+    def boxes_differ_once(*args):
+        return {**verdict_agreement(*args), **next(agreements)}
+
+    monkeypatch.setattr(auto_int8, "quantize_static_prefix", counting)
+    monkeypatch.setattr(auto_int8, "verdict_agreement", boxes_differ_once)
+    pipeline = Pipeline(model)
+    check = read_export(next(cache.rglob(INT8_DIR))).calibration["check"]
+    (first, kept), (again, kept_again) = asked
+    assert first == 0 and again == kept + 1 and kept_again >= again
+    assert len(check["fp32_layers"]) == kept_again and check["use"] and pipeline.backend.precision == "int8"
+    assert f"first {kept_again} of" in pipeline.backend_choice
+
+
+def test_pair_models_calibrate_on_references_of_the_same_name(tmp_path):
+    folder = tmp_path / "pairs"
+    (folder / "calibration" / "references").mkdir(parents=True)
+    images = [folder / "calibration" / name for name in ("a.png", "b.png")]
+    for path in [*images, folder / "calibration" / "references" / "a.png"]:
+        cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+    assert auto_int8.calibration_images(folder) == images  # references/ is not a calibration image
+    with pytest.raises(ConfigError, match="calibration/references/b.png: missing; the model reads"):
+        auto_int8.calibration_references(folder, images)
+    cv2.imwrite(str(folder / "calibration" / "references" / "b.png"), np.zeros((8, 8, 3), np.uint8))
+    assert auto_int8.calibration_references(folder, images) == [
+        folder / "calibration" / "references" / name for name in ("a.png", "b.png")
+    ]

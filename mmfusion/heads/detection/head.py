@@ -62,6 +62,7 @@ class DetectionHead(Head):
     Params = DetectionParams
     example_params = {"stride": 4, "width": 8}
     example_grid = (8, 8)
+    dense_outputs = True
 
     def __init__(self, params: DetectionParams, input_dim: int, spec: HeadSpec) -> None:
         super().__init__(params, input_dim, spec)
