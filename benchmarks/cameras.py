@@ -40,6 +40,7 @@ from mmfusion.cameras.view.app import LiveView  # noqa: E402
 from mmfusion.cameras.view.server import ViewServer  # noqa: E402
 from mmfusion.client import InspectionClient  # noqa: E402
 from mmfusion.media import decode_image  # noqa: E402
+from mmfusion.runtime.quantize import cpu_int8_dot_product  # noqa: E402
 from mmfusion.serving.memory import keep_heap_warm  # noqa: E402
 from tests.cameras.rtsp import RtspCamera, read_stamp, rtsp_unavailable  # noqa: E402
 
@@ -47,6 +48,19 @@ FRAMES = REPO / "samples" / "frames"
 BOARDS = ["13000002", "44000064", "50600002", "77000002", "92000002", "00041002"]
 TARGETS = {"min_fps": 14.0, "p95_ms": 300.0, "page_updates_per_s": 5.0}
 LOOP_SECONDS = 10  # --encoding loop: each camera sends 10 s of H.264 encoded once at start, over and over
+
+
+def auto_choice(model: str) -> str:
+    """The backend the server will run a shipped model on and why, in a process of its own (builds absent exports,
+    so the server's load does not eat the warm-up)."""
+    code = (
+        "from mmfusion.pipeline import Pipeline; "
+        f"p = Pipeline({str(REPO / 'models' / model)!r}); print(p.backend_choice); p.close()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"{model}: loading it failed: {done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def board_files(index: int) -> tuple[Path, Path]:
@@ -290,8 +304,11 @@ def main() -> None:
     if reason:
         sys.exit(f"benchmarks/cameras.py: {reason}")
     keep_heap_warm()  # as `mmfusion cameras` does
+    int8 = cpu_int8_dot_product()
+    print(f"CPU: {os.cpu_count()} cores, int8 dot-product instructions: {', '.join(int8) or 'none (AVX2 or older)'}")
     result = {
         "cpus": os.cpu_count(),
+        "cpu_int8_dot_product": int8,
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "cameras": args.cameras,
         "camera_fps": args.fps,
@@ -306,6 +323,8 @@ def main() -> None:
     header += f" {'read/s':>7s} {'drop cam':>9s} {'drop srv':>9s}"
     lines = [header]
     for model in args.models.split(","):
+        choice = auto_choice(model)
+        print(f"{model}: {choice}", flush=True)
         with tempfile.TemporaryDirectory() as work:
             run = run_model(
                 model,
@@ -320,6 +339,7 @@ def main() -> None:
                 args.max_pending,
             )
         run["targets_held"] = verdicts(run)
+        run["backend_choice"] = choice
         result["runs"][model] = run
         for name, row in run["cameras"].items():
             glass50 = row["glass_to_verdict_p50_ms"]
@@ -338,6 +358,7 @@ def main() -> None:
     print()
     print("\n".join(lines))
     for model, run in result["runs"].items():
+        print(f"{model}: {run['backend_choice'].split(';')[0]}")
         held = ", ".join(f"{target}: {'held' if ok else 'MISSED'}" for target, ok in run["targets_held"].items())
         print(f"{model}: {held}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
