@@ -109,6 +109,7 @@ setup(
     extras_require={
         "onnx": ONNX,
         "tensorrt": ["tensorrt>=10"],
+        "elpv": ["elpv-dataset>=1.0"],  # real solar cells for benchmarks/defects.py (data only, not for serving)
         "train": TRAIN,
         "dev": [
             *ONNX,

@@ -44,18 +44,25 @@ def boxes_from_map(
     if fallback and not binary.any():
         binary = anomaly_map >= (peak + float(np.median(anomaly_map))) / 2
         min_area = 1
+    height, width = anomaly_map.shape
+    if binary.all() and (height * width >= min_area or fallback):  # one region, the whole map: nothing to label
+        return [{"x1": 0, "y1": 0, "x2": width, "y2": height, "label": label, "score": peak}]
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
     boxes = []
     for component in range(1, count):
-        x, y, width, height, area = (int(v) for v in stats[component])
+        x, y, box_width, box_height, area = (int(v) for v in stats[component])
         if area < min_area:
             continue
-        score = float(anomaly_map[labels == component].max())
-        boxes.append({"x1": x, "y1": y, "x2": x + width, "y2": y + height, "label": label, "score": score})
+        inside = anomaly_map[y : y + box_height, x : x + box_width]  # the region's peak, read within its box
+        if area < box_width * box_height:
+            inside = inside[labels[y : y + box_height, x : x + box_width] == component]
+        boxes.append(
+            {"x1": x, "y1": y, "x2": x + box_width, "y2": y + box_height, "label": label, "score": float(inside.max())}
+        )
     if fallback and not boxes and count > 1:
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        x, y, width, height, _ = (int(v) for v in stats[largest])
-        boxes.append({"x1": x, "y1": y, "x2": x + width, "y2": y + height, "label": label, "score": peak})
+        x, y, box_width, box_height, _ = (int(v) for v in stats[largest])
+        boxes.append({"x1": x, "y1": y, "x2": x + box_width, "y2": y + box_height, "label": label, "score": peak})
     return sorted(boxes, key=lambda box: -box["score"])
 
 
