@@ -1,0 +1,76 @@
+"""Test-time flips: mirrored cells equal the cells of the mirrored pair, and the heatmap is the flips' mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmfusion.config import ConfigError, HeadSpec
+from mmfusion.encoders.image_golden_template import GoldenTemplateEncoder, GoldenTemplateParams
+from mmfusion.heads.detection.flips import FLIPS, cell_permutation, flip_cells, flip_map
+from mmfusion.heads.detection.head import DetectionHead, DetectionParams
+from mmfusion.types import Embedding
+
+TYPES = ["open", "short"]
+
+
+def pair(seed: int, height: int = 24, width: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return tuple(rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(2))
+
+
+def mirrored(image: np.ndarray, vertical: bool, horizontal: bool) -> np.ndarray:
+    image = image[::-1] if vertical else image
+    return np.ascontiguousarray(image[:, ::-1] if horizontal else image)
+
+
+@pytest.mark.parametrize(("vertical", "horizontal"), FLIPS)
+def test_flipped_cells_are_the_cells_of_the_mirrored_pair(vertical, horizontal):
+    encoder = GoldenTemplateEncoder(GoldenTemplateParams(fuse="both", color="gray", stride=4))
+    tested, template = pair(0)
+    cells = torch.from_numpy(encoder.preprocess([(tested, template)])["cells"])  # (1, 48, 6, 8)
+    flipped = encoder.preprocess([(mirrored(tested, vertical, horizontal), mirrored(template, vertical, horizontal))])
+    order = cell_permutation(cells.shape[1], 4, vertical, horizontal)
+    assert torch.equal(flip_cells(cells, order, vertical, horizontal), torch.from_numpy(flipped["cells"]))
+    assert torch.equal(flip_map(flip_map(cells, vertical, horizontal), vertical, horizontal), cells)
+
+
+def head(test_flips: bool, input_dim: int = 48) -> DetectionHead:
+    torch.manual_seed(0)
+    params = DetectionParams(stride=4, width=8, test_flips=test_flips)
+    detector = DetectionHead(params, input_dim, HeadSpec(name="detection", labels=TYPES)).eval()
+    with torch.no_grad():
+        for weight in detector.parameters():  # away from the "no defect" prior, so maps differ from pass to pass
+            weight.normal_(0.0, 0.3)
+    return detector
+
+
+def embedding(encoder: GoldenTemplateEncoder, tested: np.ndarray, template: np.ndarray) -> Embedding:
+    arrays = encoder.preprocess([(tested, template)])
+    return encoder(torch.from_numpy(arrays["cells"]), torch.from_numpy(arrays["sizes"]))
+
+
+def test_the_heatmap_is_the_mean_over_the_mirrored_pairs_and_geometry_the_plain_pass():
+    encoder = GoldenTemplateEncoder(GoldenTemplateParams(fuse="both", color="gray", stride=4))
+    tested, template = pair(1)
+    flipping, plain = head(True), head(False)
+    plain.load_state_dict(flipping.state_dict())  # the same weights; the flip orders are not weights
+    with torch.inference_mode():
+        got = flipping(embedding(encoder, tested, template))
+        expected = plain(embedding(encoder, tested, template))
+        maps = [expected["heatmap"]]
+        for vertical, horizontal in FLIPS:
+            seen = plain(
+                embedding(encoder, mirrored(tested, vertical, horizontal), mirrored(template, vertical, horizontal))
+            )
+            maps.append(flip_map(seen["heatmap"], vertical, horizontal))
+    assert torch.allclose(got["heatmap"], torch.stack(maps).mean(0), atol=1e-6)
+    assert not torch.allclose(got["heatmap"], expected["heatmap"], atol=1e-3)  # the flips do change it
+    assert torch.equal(got["geometry"], expected["geometry"])
+    assert set(flipping.state_dict()) == set(plain.state_dict())
+
+
+def test_flips_need_pixel_unshuffled_cells():
+    with pytest.raises(ConfigError, match="input dim 50 is not a multiple of stride 4 squared"):
+        head(True, input_dim=50)
