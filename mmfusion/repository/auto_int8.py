@@ -25,6 +25,7 @@ import torch
 
 from mmfusion.config import ConfigError, RuntimeSpec
 from mmfusion.graph import PipelineGraph, input_name
+from mmfusion.heads.detection.decode import box_iou
 from mmfusion.media import decode_image
 from mmfusion.runtime.exported import (
     ExportedGraph,
@@ -143,19 +144,15 @@ def _scores(result: dict[str, Any]) -> dict[str, float]:
 
 def _matched_boxes(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> int:
     """Boxes of `got` matched one to one with boxes of `expected` of the same type at IoU >= BOX_IOU (greedy, best
-    first). numpy, not torchvision.ops.box_iou: the edge image, which builds INT8 exports too, has no torchvision."""
+    overlap first). The detection head's own numpy IoU: the edge image, which builds INT8 exports too, has no
+    torchvision."""
     if not expected or not got:
         return 0
-    first = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in expected], np.float64)  # (E, 4)
     second = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in got], np.float64)  # (G, 4)
-    low = np.maximum(first[:, None, :2], second[None, :, :2])  # (E, G, 2)
-    high = np.minimum(first[:, None, 2:], second[None, :, 2:])  # (E, G, 2)
-    inter = np.prod(np.clip(high - low, 0, None), axis=2)  # (E, G)
-    areas = [np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1) for b in (first, second)]  # (E,), (G,)
-    overlap = inter / np.maximum(areas[0][:, None] + areas[1][None, :] - inter, 1e-12)  # (E, G) IoU
-    overlap[np.array([[e["label"] != g["label"] for g in got] for e in expected])] = 0.0
+    overlap = np.stack([box_iou(np.array([b["x1"], b["y1"], b["x2"], b["y2"]], np.float64), second) for b in expected])
+    overlap[np.array([[e["label"] != g["label"] for g in got] for e in expected])] = 0.0  # (E, G) IoU, same type
     matched = 0
-    while overlap.size and overlap.max() >= BOX_IOU:
+    while overlap.max() >= BOX_IOU:
         row, col = np.unravel_index(overlap.argmax(), overlap.shape)
         overlap[row, :], overlap[:, col] = 0.0, 0.0
         matched += 1

@@ -78,7 +78,8 @@ class DetectionHead(Head):
             if input_dim % (params.stride * params.stride):
                 raise ConfigError(
                     f"detection head: test_flips: true needs pixel-unshuffled cells (D = planes * stride^2); "
-                    f"input dim {input_dim} is not a multiple of stride {params.stride} squared"
+                    f"input dim {input_dim} is not a multiple of stride {params.stride} squared; use the "
+                    "image.golden_template encoder with the same stride, or set test_flips: false"
                 )
             for index, (vertical, horizontal) in enumerate(FLIPS):
                 order = cell_permutation(input_dim, params.stride, vertical, horizontal)
@@ -107,10 +108,10 @@ class DetectionHead(Head):
         return self.network(self._cells(fused))
 
     def forward(self, fused: Embedding) -> dict[str, torch.Tensor]:
-        logits, geometry = self.maps(fused)
+        cells = self._cells(fused)  # (B, D, h, w)
+        logits, geometry = self.network(cells)
         heatmap = torch.sigmoid(logits)  # (B, K, h, w)
         if self.params.test_flips and not self.training:
-            cells = self._cells(fused)  # (B, D, h, w)
             for index, (vertical, horizontal) in enumerate(FLIPS):
                 order = getattr(self, f"flip_order_{index}")
                 mirrored, _ = self.network(flip_cells(cells, order, vertical, horizontal))
