@@ -107,7 +107,7 @@ def unreduced_bank_ips(pipeline: Pipeline, train_rows, images: list[np.ndarray])
         patches = pipeline.raw_outputs(batch)["anomaly.patch_features"]  # (B, h, w, D)
         features.append(patches.reshape(-1, patches.shape[-1]))
     coreset = head.bank
-    head.bank = MemoryBank(np.concatenate(features))
+    head.bank = MemoryBank(np.concatenate(features), head.params.search)
     try:
         megabytes = head.bank.nbytes / 2**20
         return throughput(pipeline, images, 2, graph_only=False), megabytes

@@ -88,15 +88,30 @@ def decode_image(source: str | Path | bytes, name: str = "image") -> np.ndarray:
     return check_image(decoded, name)
 
 
+def area_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An image resized with pixel-area averaging (INTER_AREA), halved exactly first while it is 2x the size or more.
+
+    OpenCV averages a 2x2 block on a fast path but any other ratio on a slow one (640 -> 256: 2.0 ms, against
+    0.15 ms for 640 -> 320 and 0.9 ms for 320 -> 256); Pillow's `reducing_gap` does the same.
+    """
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
 def resize_normalize(
     image: np.ndarray, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]
 ) -> np.ndarray:
     """Resize an RGB uint8 image to (height, width) and normalise it to a (3, H, W) float32 array."""
     height, width = size
-    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    scaled = resized.astype(np.float32) / 255.0  # (H, W, 3)
-    normalised = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1))  # (3, H, W)
+    resized = image if image.shape[:2] == (height, width) else area_resize(image, width, height)
+    # OpenCV subtracts the mean, scales and lays out channels first in one pass (10x numpy's three passes)
+    shared_std = std[0] if len(set(std)) == 1 else 1.0
+    pixel_mean = tuple(255.0 * m for m in mean)
+    blob = cv2.dnn.blobFromImage(resized, 1.0 / (255.0 * shared_std), (width, height), pixel_mean)[0]  # (3, H, W)
+    if len(set(std)) > 1:
+        blob /= np.asarray(std, np.float32)[:, None, None]
+    return blob
 
 
 def check_audio(waveform: np.ndarray, name: str = "audio") -> np.ndarray:

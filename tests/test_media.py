@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mmfusion.media import check_audio, check_image, decode_audio, decode_image, resize_normalize
+from mmfusion.media import area_resize, check_audio, check_image, decode_audio, decode_image, resize_normalize
 from mmfusion.types import InputError
 
 
@@ -59,6 +59,30 @@ def test_resize_normalize_shape_and_values():
     array = resize_normalize(image, (8, 16), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert array.shape == (3, 8, 16) and array.dtype == np.float32
     np.testing.assert_allclose(array, 1.0)
+
+
+def test_area_resize_halves_first_and_stays_close_to_one_area_resize():
+    rng = np.random.default_rng(0)
+    board = cv2.GaussianBlur(rng.integers(0, 256, (640, 480, 3), dtype=np.uint8), (0, 0), 2.0)  # (H, W, 3)
+    direct = cv2.resize(board, (192, 256), interpolation=cv2.INTER_AREA).astype(np.float32)  # 2.5x smaller
+    halved = area_resize(board, 192, 256)
+    assert halved.shape == (256, 192, 3) and halved.dtype == np.uint8
+    assert np.abs(halved - direct).mean() < 1.0  # grey levels, out of 255
+    small = board[:300, :400]  # under 2x: one INTER_AREA, unchanged
+    expected = cv2.resize(small, (256, 192), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(area_resize(small, 256, 192), expected)
+
+
+@pytest.mark.parametrize("std", [(0.5, 0.5, 0.5), (0.229, 0.224, 0.225)])  # one scale, and one per channel
+def test_resize_normalize_equals_the_plain_formula(std):
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    mean = (0.485, 0.456, 0.406)
+    for size in [(37, 53), (20, 30)]:  # kept, and shrunk with INTER_AREA
+        resized = image if size == (37, 53) else cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
+        expected = ((resized / 255.0 - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
+        array = resize_normalize(image, size, mean, std)
+        assert array.shape == (3, *size) and array.dtype == np.float32 and array.flags.c_contiguous
+        np.testing.assert_allclose(array, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("data", "message"), [(b"", "empty bytes"), (b"RIFF1234WAVEjunk" * 4, "not decodable audio")])

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmfusion.media import area_resize
+
 
 def content_size(height: int, width: int, canvas: int) -> tuple[int, int]:
     """(height, width) of an image letterboxed into a square canvas: the long side fills it, aspect kept."""
@@ -22,7 +24,7 @@ def letterbox(image: np.ndarray, canvas: int) -> np.ndarray:
     """
     height, width = content_size(image.shape[0], image.shape[1], canvas)
     shrinking = height < image.shape[0]
-    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    resized = area_resize(image, width, height) if shrinking else cv2.resize(image, (width, height))  # bilinear
     if (height, width) == (canvas, canvas):
         return resized
     return cv2.copyMakeBorder(resized, 0, canvas - height, 0, canvas - width, cv2.BORDER_REFLECT_101)

@@ -22,7 +22,7 @@ from mmfusion.fitting import detection, patchcore  # noqa: F401  (their fitters 
 from mmfusion.fitting.registry import FIT_DATA, FITTERS, Fitter
 from mmfusion.fitting.thresholds import RULES
 from mmfusion.pipeline import Pipeline
-from mmfusion.repository.folder import FITTED_DIR, resolve_model_dir
+from mmfusion.repository.folder import CALIBRATION_DIR, FITTED_DIR, resolve_model_dir
 from mmfusion.security.integrity import MANIFEST_NAME, write_manifest
 from mmfusion.types import InputError
 
@@ -51,12 +51,14 @@ def _training_rows(head_name: str, fitter: Fitter, rows: list[ManifestRow]) -> l
 
 
 def copy_model_folder(source: Path, out: Path) -> None:
-    """Copy a model folder to `out`, leaving its old fitted artifacts and integrity manifest behind."""
+    """Copy a model folder to `out`, leaving behind its fitted artifacts, its integrity manifest and its
+    `calibration/` images (INT8 is calibrated and checked on images of the parts the copy is fitted to)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"--out: {str(out)!r} exists and is not an empty folder; choose a new folder")
     if out.resolve().is_relative_to(source.resolve()):
         raise InputError(f"--out: {str(out)!r} is inside the model folder {str(source)!r}; choose a folder outside it")
-    shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(FITTED_DIR, MANIFEST_NAME))
+    left_behind = shutil.ignore_patterns(FITTED_DIR, MANIFEST_NAME, CALIBRATION_DIR)
+    shutil.copytree(source, out, dirs_exist_ok=True, ignore=left_behind)
     name_after_folder(out)
 
 

@@ -88,7 +88,7 @@ def fit(
     size = coreset_size(candidates.shape[0], params.coreset_ratio, params.coreset_size)
     chosen = greedy_coreset(candidates, size, params.projection_dim, seed=params.seed, progress=True)  # (M,)
     # the bank is stored in float16; score with exactly what a reload will give
-    head.bank = MemoryBank(candidates[chosen].half().float())  # (M, D)
+    head.bank = MemoryBank(candidates[chosen].half().float(), params.search)  # (M, D)
     coreset_seconds = time.perf_counter() - features_done
     head.meta = {
         "image_size": head.canvas,

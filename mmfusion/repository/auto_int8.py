@@ -27,6 +27,7 @@ from mmfusion.config import ConfigError, RuntimeSpec
 from mmfusion.graph import PipelineGraph, input_name
 from mmfusion.heads.detection.decode import box_iou
 from mmfusion.media import decode_image
+from mmfusion.repository.folder import CALIBRATION_DIR
 from mmfusion.runtime.exported import (
     ExportedGraph,
     ExportInfo,
@@ -47,7 +48,6 @@ from mmfusion.runtime.quantize import (
 from mmfusion.security.integrity import read_model_file, sha256_file
 from mmfusion.types import Modality
 
-CALIBRATION_DIR = "calibration"
 """Real images in the model folder that INT8 is calibrated and checked on."""
 REFERENCES_DIR = "references"
 """For models that read (image, reference) pairs: calibration/references/<name> is calibration/<name>'s reference."""

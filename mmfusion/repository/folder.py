@@ -13,6 +13,7 @@ from mmfusion.security.integrity import MANIFEST_NAME, IntegrityError, VerifiedF
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"  # the checkout's models/ (tests use it by name)
 FITTED_DIR = "fitted"  # fitted/<head name>/: what a head learned from data (memory bank, weights, calibration)
+CALIBRATION_DIR = "calibration"  # real images of the parts: INT8 ranges and the INT8-against-FP32 check
 CALL_FILE = "call.yaml"  # a call-analysis model's settings (VAD, ASR, labels, phrase lists)
 
 

@@ -15,6 +15,7 @@ from mmfusion.media import (
     MAX_IMAGE_PIXELS,
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
+    area_resize,
     check_image,
     check_image_header,
     check_pcm16,
@@ -170,7 +171,7 @@ def _heatmap_png(heatmap: Any, max_side: int = 0) -> bytes:
     if max_side and max(values.shape) > max_side:
         scale = max_side / max(values.shape)
         size = (max(1, round(values.shape[1] * scale)), max(1, round(values.shape[0] * scale)))  # (width, height)
-        values = cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+        values = area_resize(values, *size)
     low, high = float(values.min()), float(values.max())
     scaled = np.zeros_like(values) if high <= low else (values - low) / (high - low)
     ok, png = cv2.imencode(".png", (scaled * 255).astype(np.uint8), HEATMAP_PNG)

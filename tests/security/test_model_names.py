@@ -55,8 +55,12 @@ def test_a_fitted_copy_is_named_after_its_out_folder_keeping_the_rest(tmp_path):
     source = tiny_model(tmp_path / "tiny")
     text = "# a comment that stays\n" + (source / "config.yaml").read_text()
     (source / "config.yaml").write_text(text)
+    for left in ("calibration/part.png", "fitted/anomaly/memory_bank.npy"):  # images and fits of the source's parts
+        (source / left).parent.mkdir(parents=True, exist_ok=True)
+        (source / left).write_bytes(b"x")
     out = tmp_path / "fitted" / "line3"
     copy_model_folder(source, out)
     copied = (out / "config.yaml").read_text()
     assert load_config(out).name == "line3"
     assert copied == text.replace("name: tiny\n", "name: line3\n")
+    assert not (out / "calibration").exists() and not (out / "fitted").exists()

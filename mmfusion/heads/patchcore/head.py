@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ class PatchCoreParams(PartParams):
     smoothing_sigma: float = Field(default=4.0, ge=0.0)
     min_box_area: int = Field(default=16, ge=1)
     holdout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    search: Literal["auto", "fp32", "bf16"] = "auto"  # memory-bank products (memory_bank.py); auto: bf16 if native
     seed: int = 0
 
 
@@ -140,7 +141,7 @@ class PatchCoreHead(Head):
             raise
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ConfigError(f"{folder / META_FILE}: not a readable fitted-head description ({error})") from None
-        bank = MemoryBank.load(folder)
+        bank = MemoryBank.load(folder, self.params.search)
         if bank.dim != self.input_dim:
             raise ConfigError(
                 f"{folder}: memory bank has {bank.dim}-d patch features but the encoder gives {self.input_dim}-d; "
