@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from mmfusion.config import ConfigError
 from mmfusion.data.manifest import GOOD, load_manifest, write_manifest
@@ -227,45 +228,76 @@ def _cell_manifest(path: Path, folder: Path, cells: list[tuple[str, float, str]]
     return write_manifest(path, rows)
 
 
+ELPV_POSITION = {"bank": "position", "neighbours": 3, "top_patches": 10, "max_patches": 1_000_000}
+
+
+def elpv_model(work: Path, params: dict[str, Any] | None) -> Path:
+    """models/defect-anomaly, or a copy whose anomaly head takes `params` over its own (unfitted)."""
+    source = REPO / "models" / "defect-anomaly"
+    if params is None:
+        return source
+    folder = work / "elpv-position-model"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        config = yaml.safe_load((source / "config.yaml").read_text())
+        config["heads"]["anomaly"]["params"] = {**config["heads"]["anomaly"].get("params", {}), **params}
+        config.pop("serving", None)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (folder / "README.md").write_text("defect-anomaly with a position bank, for registered ELPV cells.\n")
+    return folder
+
+
+def elpv_protocols(work: Path, folder: Path, cells: list[tuple[str, float, str]], model: Path) -> dict[str, Any]:
+    """One model config fitted and scored on issue 14's split, then on the two pseudo-module folds."""
+    probabilities = np.array([probability for _, probability, _ in cells])
+    split = elpv_split(probabilities)
+    manifests = {part: _cell_manifest(work / f"{part}.csv", folder, cells, idx) for part, idx in split.items()}
+    started = time.perf_counter()
+    fit_model(model, manifests["fit"], work / "fitted", manifests["threshold"], "f1")
+    fit_seconds = time.perf_counter() - started
+    metrics, scored = evaluate(work / "fitted", manifests["test"])
+    items = scored[metrics["head"]]
+    by_module = []
+    for fold, (fit, test) in enumerate(group_folds(probabilities, np.array([kind for _, _, kind in cells]))):
+        fold_dir = work / f"fold{fold}"
+        fit_csv = _cell_manifest(fold_dir / "fit.csv", folder, cells, fit)
+        fit_model(model, fit_csv, fold_dir / "fitted")  # no threshold: AUROC only
+        fold_metrics, _ = evaluate(fold_dir / "fitted", _cell_manifest(fold_dir / "test.csv", folder, cells, test))
+        by_module.append(fold_metrics["image_auroc"])
+    return {
+        "cells": {part: len(indices) for part, indices in split.items()},
+        "test_defective": sum(item.truth_defective for item in items),
+        "image_auroc": metrics["image_auroc"],
+        "f1": metrics["f1"],
+        "false_detection_rate": metrics["false_detection_rate"],
+        "miss_rate": metrics["miss_rate"],
+        "miss_rate_at_1pct_false_detections": miss_rate_at(items, 0.01),
+        "images_per_second": metrics["images_per_second"],
+        "fit_seconds": fit_seconds,
+        "by_module_fold_image_auroc": by_module,
+        "by_module_image_auroc": float(np.mean(by_module)),
+    }
+
+
 def elpv_section(work: Path) -> dict[str, Any]:
-    """models/defect-anomaly's config fitted on ELPV functional cells only and scored on held-out cells: issue 14's
-    split, then two folds that keep pseudo-modules apart (the figure that says how it does on new modules)."""
+    """ELPV cells, functional ones only fitted: models/defect-anomaly's config with a position bank (the cells are
+    registered), then as shipped (one coreset bank), each on issue 14's split and on two pseudo-module folds."""
     found = elpv_cells()
     if found is None:
         return {"skipped": "the ELPV data is not installed: pip install -e '.[elpv]' (pip package elpv-dataset)"}
     folder, cells = found
-    probabilities = np.array([probability for _, probability, _ in cells])
-    split = elpv_split(probabilities)
-    manifests = {part: _cell_manifest(work / "elpv" / f"{part}.csv", folder, cells, idx) for part, idx in split.items()}
-    started = time.perf_counter()
-    fit_model(REPO / "models" / "defect-anomaly", manifests["fit"], work / "elpv-fitted", manifests["threshold"], "f1")
-    fit_seconds = time.perf_counter() - started
-    metrics, scored = evaluate(work / "elpv-fitted", manifests["test"])
-    items = scored[metrics["head"]]
-    by_module = []
-    for fold, (fit, test) in enumerate(group_folds(probabilities, np.array([kind for _, _, kind in cells]))):
-        fold_dir = work / f"elpv-fold{fold}"
-        fit_csv = _cell_manifest(fold_dir / "fit.csv", folder, cells, fit)
-        fit_model(REPO / "models" / "defect-anomaly", fit_csv, fold_dir / "fitted")  # no threshold: AUROC only
-        fold_metrics, _ = evaluate(fold_dir / "fitted", _cell_manifest(fold_dir / "test.csv", folder, cells, test))
-        by_module.append(fold_metrics["image_auroc"])
-    return {
+    position = elpv_protocols(work / "elpv-position", folder, cells, elpv_model(work, ELPV_POSITION))
+    coreset = elpv_protocols(work / "elpv-coreset", folder, cells, elpv_model(work, None))
+    results: dict[str, Any] = {
         "elpv_protocol": f"seed {ELPV_SEED}: fit 300 functional cells, threshold (best F1) on 100 functional + "
         "50 defective, test the other cells of defect probability 0 or 1 (modules may be on both sides)",
-        "elpv_cells": {part: len(indices) for part, indices in split.items()},
-        "elpv_test_defective": sum(item.truth_defective for item in items),
-        "elpv_image_auroc": metrics["image_auroc"],
-        "elpv_f1": metrics["f1"],
-        "elpv_false_detection_rate": metrics["false_detection_rate"],
-        "elpv_miss_rate": metrics["miss_rate"],
-        "elpv_miss_rate_at_1pct_false_detections": miss_rate_at(items, 0.01),
-        "elpv_images_per_second": metrics["images_per_second"],
-        "elpv_fit_seconds": fit_seconds,
         "elpv_by_module_protocol": "2 folds of pseudo-modules (60 consecutive files of one type), stratified by "
         "type; fit on the other fold's functional cells",
-        "elpv_by_module_fold_image_auroc": by_module,
-        "elpv_by_module_image_auroc": float(np.mean(by_module)),
+        "elpv_position_params": ELPV_POSITION,
     }
+    results.update({f"elpv_{key}": value for key, value in position.items()})
+    results.update({f"elpv_coreset_{key}": value for key, value in coreset.items() if not isinstance(value, dict)})
+    return results
 
 
 def passes(key: str, value: float) -> str:

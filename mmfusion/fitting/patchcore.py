@@ -20,6 +20,7 @@ from mmfusion.heads.patchcore.calibration import Calibration
 from mmfusion.heads.patchcore.coreset import coreset_size, greedy_coreset
 from mmfusion.heads.patchcore.head import PatchCoreHead
 from mmfusion.heads.patchcore.memory_bank import MemoryBank
+from mmfusion.heads.patchcore.position_bank import PositionBank
 from mmfusion.types import InputError, Inputs, Modality
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ def fit(
         raise InputError("train manifest has no 'good' rows; anomaly.patchcore learns from good parts only")
     holdout = round(len(good) * params.holdout_fraction) if val is None and len(good) >= 5 else 0
     bank_rows, holdout_rows = good[: len(good) - holdout], good[len(good) - holdout :]
+    if params.bank == "position":
+        return fit_position_bank(pipeline, head_name, bank_rows, holdout_rows, val, started)
     # at most max_patches candidates in memory: each image gives an equal random share when there are more
     per_image = -(-params.max_patches // len(bank_rows))
     generator = torch.Generator().manual_seed(params.seed)
@@ -106,6 +109,55 @@ def fit(
         "bank_mb": head.bank.nbytes / 2**20,
         "feature_seconds": features_done - started,
         "coreset_seconds": coreset_seconds,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def fit_position_bank(
+    pipeline: Pipeline,
+    head_name: str,
+    bank_rows: list[ManifestRow],
+    holdout_rows: list[ManifestRow],
+    val: list[ManifestRow] | None,
+    started: float,
+) -> dict[str, float]:
+    """Keep every good part's patch features per grid position, standardised by leave-self-out scores."""
+    head: PatchCoreHead = pipeline.graph.heads[head_name]
+    params, (height, width) = head.params, pipeline.encoder(Modality.IMAGE).grid
+    if len(bank_rows) * height * width > params.max_patches:
+        raise ConfigError(
+            f"anomaly.patchcore bank: position keeps all {len(bank_rows)} parts x {height * width} positions = "
+            f"{len(bank_rows) * height * width} patches, over max_patches {params.max_patches}; "
+            "raise max_patches or fit fewer parts"
+        )
+    if len(bank_rows) <= params.neighbours:
+        raise InputError(
+            f"train manifest: {len(bank_rows)} good parts for the position bank; "
+            f"bank: position with neighbours: {params.neighbours} needs at least {params.neighbours + 1}"
+        )
+    features = [parts for _, _, parts in patch_features(pipeline, head_name, bank_rows, "features")]
+    bank = np.stack(features).reshape(len(bank_rows), height * width, -1)  # (N, L, D)
+    features_done = time.perf_counter()
+    # stored in float16: standardise with exactly what a reload will give
+    head.bank = PositionBank(bank.astype(np.float16).transpose(1, 0, 2), params.neighbours)  # (L, N, D)
+    head.bank.fit_standardisation()
+    head.meta = {
+        "image_size": head.canvas,
+        "grid": [height, width],
+        "feature_dim": head.bank.dim,
+        "bank": "position",
+        "bank_parts": head.bank.parts,
+        "fitted_images": len(bank_rows),
+        "patches": head.bank.parts * head.bank.positions,
+    }
+    head.calibration = None if val is not None else default_calibration(pipeline, head_name, holdout_rows or bank_rows)
+    return {
+        "images": len(bank_rows),
+        "patches": head.bank.parts * head.bank.positions,
+        "bank_size": head.bank.parts,
+        "bank_mb": head.bank.nbytes / 2**20,
+        "feature_seconds": features_done - started,
+        "coreset_seconds": time.perf_counter() - features_done,
         "seconds": time.perf_counter() - started,
     }
 

@@ -11,10 +11,12 @@ import torch
 from pydantic import Field
 
 from mmfusion.config import ConfigError, HeadSpec, PartParams
+from mmfusion.encoders.patch_grid import content_cells
 from mmfusion.heads.base import Head
 from mmfusion.heads.patchcore.calibration import Calibration
 from mmfusion.heads.patchcore.localisation import boxes_from_map, canvas_map, content_map, to_image_size
 from mmfusion.heads.patchcore.memory_bank import MemoryBank
+from mmfusion.heads.patchcore.position_bank import PositionBank
 from mmfusion.registry import HEADS
 from mmfusion.security.integrity import IntegrityError, read_model_file
 from mmfusion.types import Embedding
@@ -34,6 +36,13 @@ class PatchCoreParams(PartParams):
     min_box_area: int = Field(default=16, ge=1)
     holdout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     search: Literal["auto", "fp32", "bf16"] = "auto"  # memory-bank products (memory_bank.py); auto: bf16 if native
+    bank: Literal["coreset", "position"] = "coreset"
+    """coreset: one bank of good patches from anywhere; position: every good part's patch kept per grid
+    position, for parts framed alike (position_bank.py)."""
+    neighbours: int = Field(default=3, ge=1)
+    """bank: position: a patch's score is its mean distance to this many nearest good patches at its position."""
+    top_patches: int = Field(default=0, ge=0)
+    """0: the image score is the smoothed map's peak; N: the mean of the N highest patch scores on the content."""
     seed: int = 0
 
 
@@ -52,7 +61,7 @@ class PatchCoreHead(Head):
 
     def __init__(self, params: PatchCoreParams, input_dim: int, spec: HeadSpec) -> None:
         super().__init__(params, input_dim, spec)
-        self.bank: MemoryBank | None = None
+        self.bank: MemoryBank | PositionBank | None = None
         self.calibration: Calibration | None = None
         self.canvas: int | None = None
         self.meta: dict[str, Any] = {}
@@ -77,14 +86,21 @@ class PatchCoreHead(Head):
         """(raw image score, raw anomaly map at image size) per item of patch features (B, h, w, D)."""
         if self.bank is None or self.canvas is None:
             raise ConfigError("anomaly.patchcore is not fitted; run `mmfusion fit MODEL --train TRAIN.csv --out DIR`")
-        batch, height, width, _ = patch_features.shape
-        distances = self.bank.distances(patch_features.reshape(batch * height * width, -1))
-        patch_scores = distances.reshape(batch, height, width)  # (B, h, w)
+        batch, height, width, dim = patch_features.shape
+        if isinstance(self.bank, PositionBank):
+            patch_scores = self.bank.scores(patch_features.reshape(batch, height * width, dim))  # (B, h*w)
+        else:
+            patch_scores = self.bank.distances(patch_features.reshape(batch * height * width, dim))
+        patch_scores = patch_scores.reshape(batch, height, width)  # (B, h, w)
         results = []
         for scores, size in zip(patch_scores, image_sizes):
             size = size or (self.canvas, self.canvas)
             content = content_map(canvas_map(scores, self.canvas, self.params.smoothing_sigma), size)
-            results.append((float(content.max()), to_image_size(content, size)))
+            score = float(content.max())
+            if self.params.top_patches:
+                on_content = scores[content_cells(size[0], size[1], self.canvas, (height, width))]  # (n,)
+                score = float(np.sort(on_content)[-self.params.top_patches :].mean())
+            results.append((score, to_image_size(content, size)))
         return results
 
     def postprocess(
@@ -122,7 +138,7 @@ class PatchCoreHead(Head):
     # artifacts ---------------------------------------------------------------------------------------------
 
     def save_fitted(self, folder: Path) -> None:
-        """Write memory_bank.npy (float16), calibration.json and meta.json into `folder`."""
+        """Write the bank (memory_bank.npy, or position_bank.npy + position_stats.npy), calibration.json, meta.json."""
         if not self.fitted:
             raise ConfigError("anomaly.patchcore has nothing to save: it is not fitted")
         folder = Path(folder)
@@ -141,7 +157,15 @@ class PatchCoreHead(Head):
             raise
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ConfigError(f"{folder / META_FILE}: not a readable fitted-head description ({error})") from None
-        bank = MemoryBank.load(folder, self.params.search)
+        if meta.get("bank", "coreset") != self.params.bank:
+            raise ConfigError(
+                f"{folder}: fitted with bank: {meta.get('bank', 'coreset')}, but the config says bank: "
+                f"{self.params.bank}; refit the model after changing it"
+            )
+        if self.params.bank == "position":
+            bank = PositionBank.load(folder, self.params.neighbours)
+        else:
+            bank = MemoryBank.load(folder, self.params.search)
         if bank.dim != self.input_dim:
             raise ConfigError(
                 f"{folder}: memory bank has {bank.dim}-d patch features but the encoder gives {self.input_dim}-d; "
