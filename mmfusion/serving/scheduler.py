@@ -365,8 +365,8 @@ class BatchScheduler(Generic[T, R]):
         started = time.monotonic()
         queue_seconds = [started - pending.enqueued for pending in batch]
         span = self._trace(batch) if tracing.enabled() else None
-        self._busy.begin(started)
-        cpu_token = self._cpu.begin()
+        cpu_token = self._cpu.begin()  # the process-wide busy window encloses this scheduler's (they end in turn)
+        self._busy.begin(time.monotonic())
         try:
             with tracing.use(span):
                 results = list(run_batch([pending.item for pending in batch]))

@@ -160,9 +160,12 @@ def test_killing_a_replica_fails_only_the_streams_it_held(tmp_path):
         assert camera.calls == [(survivor.address, grpc.StatusCode.OK)], camera.name
         assert camera.answered == list(range(FRAMES_PER_STREAM)) and not camera.skipped, camera.name
     for camera in held:  # ended by the kill, then called again (as cameras/ does): finished on the survivor
-        (replica, code), *again = camera.calls
+        (replica, code), *again, last = camera.calls
         assert replica == victim.address and code in RETRYABLE, (camera.name, camera.calls)
-        assert again == [(survivor.address, grpc.StatusCode.OK)], (camera.name, camera.calls)
+        # a retry may meet nginx between marking the victim down and choosing the survivor (seen once in a full
+        # suite: UNAVAILABLE before any upstream answered); the camera calls again until one finishes
+        assert len(again) <= 2 and all(code in RETRYABLE for _, code in again), (camera.name, camera.calls)
+        assert last == (survivor.address, grpc.StatusCode.OK), (camera.name, camera.calls)
         assert camera.answered == list(range(FRAMES_PER_STREAM)) and not camera.skipped, camera.name
     assert len(after) == STREAMS and all(result.model == MODEL for result in after)  # new calls: all served
     assert fresh.calls == [(survivor.address, grpc.StatusCode.OK)]
