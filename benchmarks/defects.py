@@ -237,13 +237,12 @@ def elpv_model(work: Path, params: dict[str, Any] | None) -> Path:
     if params is None:
         return source
     folder = work / "elpv-position-model"
-    if not folder.exists():
-        folder.mkdir(parents=True)
-        config = yaml.safe_load((source / "config.yaml").read_text())
-        config["heads"]["anomaly"]["params"] = {**config["heads"]["anomaly"].get("params", {}), **params}
-        config.pop("serving", None)
-        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        (folder / "README.md").write_text("defect-anomaly with a position bank, for registered ELPV cells.\n")
+    folder.mkdir(parents=True)
+    config = yaml.safe_load((source / "config.yaml").read_text())
+    config["heads"]["anomaly"]["params"] = {**config["heads"]["anomaly"].get("params", {}), **params}
+    config.pop("serving", None)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "README.md").write_text("defect-anomaly with a position bank, for registered ELPV cells.\n")
     return folder
 
 

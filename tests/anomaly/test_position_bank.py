@@ -57,7 +57,7 @@ def test_standardisation_centres_the_fit_parts_own_scores_and_is_needed_to_score
     assert (bank.scores(parts.numpy()) < left_out.numpy()).mean() > 0.9  # with itself in the bank, a part scores lower
     with pytest.raises(ConfigError, match="neighbours: 40; expected 1..39"):
         PositionBank(np.zeros((5, 40, 8), np.float32), neighbours=40)
-    with pytest.raises(ValueError, match=r"expected \(B, 5, 8\)"):
+    with pytest.raises(ConfigError, match=r"expected \(B, 5, 8\), the grid .* refit the model"):
         bank.raw_scores(np.zeros((1, 4, 8), np.float32))
 
 

@@ -30,6 +30,16 @@ def search_precision(search: str) -> str:
     return search
 
 
+def read_array(path: Path, what: str) -> np.ndarray:
+    """A fitted .npy array, read through the model folder's integrity check; ConfigError naming the file."""
+    try:
+        return np.load(io.BytesIO(read_model_file(path)), allow_pickle=False)
+    except IntegrityError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: not a readable {what} ({error}); refit the model") from None
+
+
 def split_bf16(values: torch.Tensor) -> torch.Tensor:
     """Values (N,) as two bfloat16-exact columns (N, 2) whose sum keeps about 16 bits of them."""
     high = values.to(torch.bfloat16).float()
@@ -50,7 +60,6 @@ class MemoryBank:
         if bank.dim() != 2 or bank.shape[0] == 0:
             raise ValueError(f"memory bank of shape {tuple(bank.shape)}: expected (M, D) with M >= 1")
         self.features = bank
-        self.search = search
         self.precision = search_precision(search)
         self.center = bank.mean(dim=0)  # (D,): centred features keep |q|^2 - 2 q.m + |m|^2 from cancelling digits away
         self._centred = bank - self.center  # (M, D)
@@ -114,11 +123,4 @@ class MemoryBank:
     @classmethod
     def load(cls, folder: Path, search: str = "auto") -> MemoryBank:
         """Read a bank written by `save`; ConfigError naming the file when it is missing or unreadable."""
-        path = Path(folder) / BANK_FILE
-        try:
-            features = np.load(io.BytesIO(read_model_file(path)), allow_pickle=False)
-        except IntegrityError:
-            raise
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"{path}: not a readable memory bank ({error}); refit the model") from None
-        return cls(features, search)
+        return cls(read_array(Path(folder) / BANK_FILE, "memory bank"), search)

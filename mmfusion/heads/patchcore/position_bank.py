@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mmfusion.config import ConfigError
-from mmfusion.security.integrity import IntegrityError, read_model_file
+from mmfusion.heads.patchcore.memory_bank import read_array
 
 POSITION_BANK_FILE = "position_bank.npy"
 POSITION_STATS_FILE = "position_stats.npy"
@@ -74,9 +73,9 @@ class PositionBank:
         """
         queries = torch.as_tensor(np.asarray(queries, np.float32))  # (B, L, D)
         if queries.dim() != 3 or queries.shape[1:] != (self.positions, self.dim):
-            raise ValueError(
-                f"patch features of shape {tuple(queries.shape)}: expected (B, {self.positions}, {self.dim}); "
-                "a position bank needs the grid it was fitted on"
+            raise ConfigError(
+                f"patch features of shape {tuple(queries.shape)}: expected (B, {self.positions}, {self.dim}), the "
+                "grid the position bank was fitted on; refit the model after changing the encoder's image_size"
             )
         centred = queries.transpose(0, 1) - self.center  # (L, B, D)
         ranking = torch.baddbmm(
@@ -121,16 +120,8 @@ class PositionBank:
     @classmethod
     def load(cls, folder: Path, neighbours: int) -> PositionBank:
         """Read what `save` wrote; ConfigError naming the file when it is missing or does not fit."""
-        arrays = []
-        for name in (POSITION_BANK_FILE, POSITION_STATS_FILE):
-            path = Path(folder) / name
-            try:
-                arrays.append(np.load(io.BytesIO(read_model_file(path)), allow_pickle=False))
-            except IntegrityError:
-                raise
-            except (OSError, ValueError) as error:
-                raise ConfigError(f"{path}: not a readable position bank ({error}); refit the model") from None
-        features, stats = arrays
+        features = read_array(Path(folder) / POSITION_BANK_FILE, "position bank")
+        stats = read_array(Path(folder) / POSITION_STATS_FILE, "position bank standardisation")
         if features.ndim != 3 or stats.shape != (2, features.shape[0]):
             raise ConfigError(
                 f"{Path(folder) / POSITION_STATS_FILE}: shape {stats.shape} does not fit a bank of {features.shape}; "
