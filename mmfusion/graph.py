@@ -11,7 +11,7 @@ from torch import nn
 from mmfusion.encoders.base import Encoder
 from mmfusion.fusion.base import Fusion
 from mmfusion.heads.base import Head
-from mmfusion.types import Embedding, Modality
+from mmfusion.types import Embedding, Inputs, Modality
 
 SEPARATOR = "."
 
@@ -70,15 +70,21 @@ class PipelineGraph(nn.Module):
         return outputs
 
     def postprocess(
-        self, outputs: dict[str, np.ndarray], image_sizes: list[tuple[int, int] | None]
+        self,
+        outputs: dict[str, np.ndarray],
+        image_sizes: list[tuple[int, int] | None],
+        inputs: list[Inputs] | None = None,
     ) -> list[dict[str, Any]]:
-        """Every head's results per item from the graph's named outputs (`image_sizes`: each item's (H, W) or None)."""
+        """Every head's results per item from the graph's named outputs (`image_sizes`: each item's (H, W) or None;
+        `inputs`: the items themselves, for heads that read pixels after the graph)."""
         per_item: list[dict[str, Any]] = [{} for _ in image_sizes]
         for head_name, head in self.heads.items():
             prefix = output_name(head_name, "")
             head_outputs = {k.removeprefix(prefix): v for k, v in outputs.items() if k.startswith(prefix)}
             if head.reads_image_sizes:
                 results = head.postprocess(head_outputs, image_sizes=image_sizes)
+            elif head.reads_inputs:
+                results = head.postprocess(head_outputs, inputs=inputs)
             else:
                 results = head.postprocess(head_outputs)
             for index, result in enumerate(results):

@@ -196,7 +196,8 @@ class Pipeline:
         return Ready(**{f.name: getattr(item, f.name) for f in fields(Inputs)}, arrays=arrays)
 
     def _postprocess(self, outputs: dict[str, np.ndarray], group: list[Inputs]) -> list[dict[str, Any]]:
-        return self.graph.postprocess(outputs, [None if item.image is None else item.image.shape[:2] for item in group])
+        sizes = [None if item.image is None else item.image.shape[:2] for item in group]
+        return self.graph.postprocess(outputs, sizes, group)
 
     def prepare(self, inputs: Inputs) -> Inputs:
         """Decode and check every present input; reject modalities this pipeline has no encoder for."""

@@ -59,7 +59,8 @@ def predicted_boxes(
     for start in range(0, len(rows), batch_size):
         batch = [Inputs(image=r.read_image(), reference=r.read_reference()) for r in rows[start : start + batch_size]]
         raw = pipeline.raw_outputs(batch)
-        boxes += head.detect({key: raw[f"{head_name}.{key}"] for key in ("heatmap", "geometry")})
+        found = head.detect({key: raw[f"{head_name}.{key}"] for key in ("heatmap", "geometry")})
+        boxes += [head.retype(item_boxes, item) for item_boxes, item in zip(found, batch, strict=True)]
     return boxes
 
 

@@ -23,6 +23,8 @@ class Head(nn.Module):
     """Small params that the contract tests build this part with."""
     reads_image_sizes: ClassVar[bool] = False
     """True: postprocess also gets `image_sizes`, each item's input (height, width) (None without an image)."""
+    reads_inputs: ClassVar[bool] = False
+    """True: postprocess also gets `inputs`, each item's Inputs (None where the caller has none at hand)."""
     dense_outputs: ClassVar[bool] = False
     """True: outputs are dense maps (mostly background near zero) whose cosine against FP32 says little about
     INT8; `backend: auto` then judges an INT8 graph by the decisions alone (verdicts and boxes)."""
