@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -28,6 +29,7 @@ class TrainSettings:
     learning_rate: float = 3e-3
     template_shift: float = 0.3
     noise: float = 0.5
+    scale: float = 0.0
     seed: int = 0
 
 
@@ -102,14 +104,20 @@ def _dihedral(tested: np.ndarray, template: np.ndarray, boxes: np.ndarray, k: in
 def sample_crop(pair: LabelledPair, settings: TrainSettings, rng: np.random.Generator, around_defect: bool):
     """One augmented training crop: (tested, template, boxes in crop pixels)."""
     crop = settings.crop
+    zoom = math.exp(rng.uniform(-1.0, 1.0) * math.log1p(settings.scale)) if settings.scale else 1.0
+    window = max(8, int(round(crop / zoom)))  # source pixels that become the crop
     source = pair if around_defect else LabelledPair(pair.tested, pair.template, pair.boxes[:0])
-    top, left = _window(source, crop, rng)
-    tested = _crop(pair.tested, top, left, crop)
+    top, left = _window(source, window, rng)
+    tested = _crop(pair.tested, top, left, window)
     shift_y, shift_x = rng.integers(-1, 2, size=2) if rng.random() < settings.template_shift else (0, 0)
-    template = _crop(pair.template, top + shift_y, left + shift_x, crop)  # small misregistration, as on a real line
+    template = _crop(pair.template, top + shift_y, left + shift_x, window)  # small misregistration, as on a real line
     boxes = pair.boxes.copy()
     boxes[:, [0, 2]] -= left
     boxes[:, [1, 3]] -= top
+    if window != crop:
+        boxes[:, :4] *= crop / window
+        tested = cv2.resize(tested, (crop, crop), interpolation=cv2.INTER_LINEAR)
+        template = cv2.resize(template, (crop, crop), interpolation=cv2.INTER_LINEAR)
     centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     boxes = boxes[(centre_x >= 0) & (centre_x < crop) & (centre_y >= 0) & (centre_y < crop)]
     tested, template, boxes = _dihedral(tested, template, boxes, int(rng.integers(4)), bool(rng.integers(2)))

@@ -49,7 +49,7 @@ BOXES = {  # where each defect is, as x1, y1, x2, y2
 @pytest.mark.parametrize("where", ["open", "mousebite"])
 def test_a_cut_is_an_open_and_a_bite_a_mousebite_whatever_the_network_said(claimed, where):
     box = Box(*BOXES[where], type=claimed, score=0.7)
-    (out,) = retype([box], copper_mask(defects(), "dark"), copper_mask(board(), "dark"))
+    (out,) = retype([box], defects(), board())
     assert out.type == where
     assert (out.x1, out.y1, out.x2, out.y2, out.score) == (box.x1, box.y1, box.x2, box.y2, 0.7)
 
@@ -57,20 +57,26 @@ def test_a_cut_is_an_open_and_a_bite_a_mousebite_whatever_the_network_said(claim
 @pytest.mark.parametrize("claimed", ["short", "spur"])
 @pytest.mark.parametrize("where", ["short", "spur"])
 def test_a_bridge_is_a_short_and_a_stub_a_spur_whatever_the_network_said(claimed, where):
-    (out,) = retype([Box(*BOXES[where], type=claimed)], copper_mask(defects(), "dark"), copper_mask(board(), "dark"))
+    (out,) = retype([Box(*BOXES[where], type=claimed)], defects(), board())
     assert out.type == where
 
 
 def test_light_copper_reads_the_inverted_images_the_same_way():
-    tested, template = copper_mask(255 - defects(), "light"), copper_mask(255 - board(), "light")
     partner = {"open": "mousebite", "mousebite": "open", "short": "spur", "spur": "short"}
-    found = retype([Box(*BOXES[kind], type=partner[kind]) for kind in BOXES], tested, template)
+    offered = [Box(*BOXES[kind], type=partner[kind]) for kind in BOXES]
+    found = retype(offered, 255 - defects(), 255 - board(), "light")
+    assert [b.type for b in retype(offered, 255 - defects(), 255 - board(), "dark")] != [
+        "open",
+        "mousebite",
+        "short",
+        "spur",
+    ]
     assert [b.type for b in found] == ["open", "mousebite", "short", "spur"]
 
 
 def test_other_types_and_empty_boxes_keep_their_type():
     boxes = [Box(*BOXES["open"], type="pin-hole"), Box(*BOXES["short"], type="copper"), Box(200, 200, 220, 220, "open")]
-    assert retype(boxes, copper_mask(defects(), "dark"), copper_mask(board(), "dark")) == boxes
+    assert retype(boxes, defects(), board()) == boxes
 
 
 def test_the_head_retypes_only_when_asked_and_only_with_both_images():
@@ -99,8 +105,8 @@ def test_the_rule_types_real_boards_of_a_design_the_detector_never_saw(shared_da
     partner = {"open": "mousebite", "mousebite": "open", "short": "spur", "spur": "short"}
     right, total = Counter(), Counter()
     for row in load_manifest(split["val"])[::3]:
-        tested = copper_mask(cv2.imread(str(row.image), cv2.IMREAD_GRAYSCALE), "dark")
-        template = copper_mask(cv2.imread(str(row.reference), cv2.IMREAD_GRAYSCALE), "dark")
+        tested = cv2.imread(str(row.image), cv2.IMREAD_GRAYSCALE)
+        template = cv2.imread(str(row.reference), cv2.IMREAD_GRAYSCALE)
         truth = [b for b in row.read_boxes() if b.type in partner]
         offered = [Box(b.x1, b.y1, b.x2, b.y2, partner[b.type]) for b in truth]
         for gt, got in zip(truth, retype(offered, tested, template), strict=True):
@@ -110,3 +116,10 @@ def test_the_rule_types_real_boards_of_a_design_the_detector_never_saw(shared_da
     accuracy = {kind: right[kind] / total[kind] for kind in total}
     assert all(value >= 0.9 for value in accuracy.values()), accuracy
     assert sum(right.values()) / sum(total.values()) >= 0.95, accuracy
+
+
+def test_copper_reads_rgb_and_grey_alike():
+    grey = defects()
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    assert np.array_equal(copper_mask(rgb, "dark"), grey < 128)
+    assert np.array_equal(copper_mask(grey, "light"), grey >= 128)

@@ -17,7 +17,7 @@ from mmfusion.heads.base import Head
 from mmfusion.heads.detection.decode import decode_boxes
 from mmfusion.heads.detection.flips import FLIPS, cell_permutation, flip_cells, flip_map
 from mmfusion.heads.detection.network import CenterNet
-from mmfusion.heads.detection.topology import TOPOLOGY_TYPES, copper_mask, retype
+from mmfusion.heads.detection.topology import TOPOLOGY_TYPES, retype
 from mmfusion.registry import HEADS
 from mmfusion.types import Embedding, Inputs
 
@@ -37,6 +37,8 @@ class TrainingParams(PartParams):
     learning_rate: float = Field(default=3e-3, gt=0)
     template_shift: float = Field(default=0.3, ge=0, le=1)
     noise: float = Field(default=0.5, ge=0, le=1)
+    scale: float = Field(default=0.0, ge=0, le=1)
+    """Crops zoomed by a factor drawn log-uniformly in [1 / (1 + scale), 1 + scale]: traces and pads of other widths."""
     seed: int = 0
 
 
@@ -148,8 +150,7 @@ class DetectionHead(Head):
         """With topology_types, boxes retyped by connectivity in the item's image and reference; else as given."""
         if not self.params.topology_types or item is None or item.image is None or item.reference is None:
             return boxes
-        copper = self.params.copper
-        return retype(boxes, copper_mask(item.image, copper), copper_mask(item.reference, copper))
+        return retype(boxes, item.image, item.reference, self.params.copper)
 
     def postprocess(self, outputs: dict[str, np.ndarray], inputs: list[Inputs] | None = None) -> list[dict[str, Any]]:
         # Candidates below every type's threshold can neither be kept nor suppress a box that is (greedy NMS

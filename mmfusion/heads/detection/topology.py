@@ -25,7 +25,7 @@ LEVEL = 128  # grey level between copper and board
 
 def copper_mask(image: np.ndarray, copper: Literal["dark", "light"]) -> np.ndarray:
     """(H, W) bool: where an RGB (H, W, 3) or grey (H, W) uint8 image shows copper."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     return grey < LEVEL if copper == "dark" else grey >= LEVEL
 
 
@@ -34,12 +34,15 @@ def components(mask: np.ndarray) -> int:
     return cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
 
 
-def retype(boxes: list[Box], tested: np.ndarray, template: np.ndarray) -> list[Box]:
-    """Boxes typed open or mousebite, short or spur, retyped by what they change in the copper masks (H, W) bool.
+def retype(
+    boxes: list[Box], tested: np.ndarray, template: np.ndarray, copper: Literal["dark", "light"] = "dark"
+) -> list[Box]:
+    """Boxes typed open or mousebite, short or spur, retyped by what they change in the copper between the template
+    and the tested image (both (H, W, 3) RGB or (H, W) grey uint8, aligned).
 
     Other types, and boxes that hold no pixels, keep their type; scores and coordinates are unchanged.
     """
-    height, width = tested.shape
+    height, width = tested.shape[:2]
     out = []
     for box in boxes:
         x1, y1 = max(0, int(round(box.x1))), max(0, int(round(box.y1)))
@@ -47,7 +50,8 @@ def retype(boxes: list[Box], tested: np.ndarray, template: np.ndarray) -> list[B
         if box.type not in TOPOLOGY_TYPES or x2 <= x1 or y2 <= y1:
             out.append(box)
             continue
-        now, before = tested[y1:y2, x1:x2], template[y1:y2, x1:x2]  # (h, w)
+        now = copper_mask(tested[y1:y2, x1:x2], copper)  # (h, w)
+        before = copper_mask(template[y1:y2, x1:x2], copper)
         if box.type in (CUT, NICK):
             kind = CUT if components(~now) < components(~before) else NICK
         else:
