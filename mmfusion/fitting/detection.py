@@ -14,6 +14,7 @@ from mmfusion.fitting.registry import FITTERS, Fitter
 from mmfusion.fitting.thresholds import choose_box_threshold
 from mmfusion.heads.detection.head import DetectionHead
 from mmfusion.heads.detection.network import CenterNet
+from mmfusion.heads.detection.topology import INVERSE_TYPES
 from mmfusion.types import InputError, Inputs, Modality
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def fit(
     pairs = load_pairs(train, head.types)
     if not any(len(p.boxes) for p in pairs):
         raise InputError("train: no row has boxes; the detection head learns from labelled defects")
-    settings = TrainSettings(**head.params.training.model_dump())
+    settings = TrainSettings(**head.params.training.model_dump(), inverse_types=inverse_types(head.types))
     torch.manual_seed(settings.seed)
     head.network = CenterNet(head.input_dim, len(head.types), head.params.width)  # from scratch, seeded
     summary = train_detector(head, pipeline.encoder(Modality.IMAGE), pairs, settings)
@@ -48,6 +49,12 @@ def fit(
         metrics = evaluate(pipeline, head_name, val)
         summary.update({f"val_{k}": v for k, v in metrics.items()})
     return summary
+
+
+def inverse_types(types: list[str]) -> tuple[int, ...]:
+    """For each type index, the index of the type it reads as with copper and board swapped (itself if unnamed)."""
+    index = {kind: i for i, kind in enumerate(types)}
+    return tuple(index.get(INVERSE_TYPES.get(kind, kind), i) for i, kind in enumerate(types))
 
 
 def predicted_boxes(

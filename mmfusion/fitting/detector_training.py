@@ -30,6 +30,9 @@ class TrainSettings:
     template_shift: float = 0.3
     noise: float = 0.5
     scale: float = 0.0
+    invert: float = 0.0
+    inverse_types: tuple[int, ...] = ()
+    """invert: the type index each type becomes when copper and board swap (empty: every type stays)."""
     seed: int = 0
 
 
@@ -121,6 +124,10 @@ def sample_crop(pair: LabelledPair, settings: TrainSettings, rng: np.random.Gene
     centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     boxes = boxes[(centre_x >= 0) & (centre_x < crop) & (centre_y >= 0) & (centre_y < crop)]
     tested, template, boxes = _dihedral(tested, template, boxes, int(rng.integers(4)), bool(rng.integers(2)))
+    if settings.invert and rng.random() < settings.invert:
+        tested, template, boxes = 255 - tested, 255 - template, boxes.copy()
+        if settings.inverse_types:
+            boxes[:, 4] = np.asarray(settings.inverse_types, np.float32)[boxes[:, 4].astype(np.int64)]
     if rng.random() < settings.noise:
         sigma = rng.uniform(1.0, 8.0)
         tested = np.clip(tested + rng.normal(0, sigma, tested.shape), 0, 255).astype(np.uint8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mmfusion.fitting.detection import inverse_types
 from mmfusion.fitting.detector_training import LabelledPair, TrainSettings, sample_crop
 
 
@@ -35,3 +36,31 @@ def test_the_box_covers_the_defect_in_every_crop(scale):
         assert min(sides) < 20 / 1.2 and max(sides) > 20 * 1.2, sides  # zoomed both ways
     else:
         assert sides == {20.0}
+
+
+def test_inverted_crops_swap_copper_and_board_and_read_each_type_as_its_inverse():
+    inverse = inverse_types(["open", "short", "mousebite", "spur", "copper", "pin-hole"])
+    assert inverse == (1, 0, 3, 2, 5, 4)
+    assert inverse_types(["open", "scratch"]) == (0, 1)  # no inverse named: the type stays
+    plain = TrainSettings(crop=96, noise=0.0, template_shift=0.0)
+    inverted = TrainSettings(crop=96, noise=0.0, template_shift=0.0, invert=1.0, inverse_types=inverse)
+    pair = pair_with_one_defect()
+    pair.boxes[:, 4] = 4  # copper: an extra dark island
+    before = sample_crop(pair, plain, np.random.default_rng(3), around_defect=True)
+    after = sample_crop(pair, inverted, np.random.default_rng(3), around_defect=True)
+    np.testing.assert_array_equal(after[0], 255 - before[0])
+    np.testing.assert_array_equal(after[1], 255 - before[1])
+    np.testing.assert_array_equal(after[2][:, :4], before[2][:, :4])
+    assert before[2][:, 4].tolist() == [4] and after[2][:, 4].tolist() == [5]  # a light hole in dark copper
+    assert pair.boxes[:, 4].tolist() == [4]  # the pair itself is untouched
+
+
+def test_half_inverted_crops_draw_both_and_no_invert_keeps_the_random_stream():
+    pair = pair_with_one_defect()
+    settings = TrainSettings(crop=96, noise=0.0, template_shift=0.0, invert=0.5, inverse_types=(1, 0))
+    kinds = [sample_crop(pair, settings, np.random.default_rng(s), True)[2][0, 4] for s in range(40)]
+    assert 5 < sum(kinds) < 35  # type 0 read as type 1 in about half
+    rng, same = np.random.default_rng(9), np.random.default_rng(9)
+    sample_crop(pair, TrainSettings(crop=96), rng, True)
+    sample_crop(pair, TrainSettings(crop=96, inverse_types=(1, 0)), same, True)
+    assert rng.random() == same.random()  # invert: 0 draws nothing: earlier configs train as before

@@ -17,7 +17,7 @@ from mmfusion.heads.base import Head
 from mmfusion.heads.detection.decode import decode_boxes
 from mmfusion.heads.detection.flips import FLIPS, cell_permutation, flip_cells, flip_map
 from mmfusion.heads.detection.network import CenterNet
-from mmfusion.heads.detection.topology import TOPOLOGY_TYPES, retype
+from mmfusion.heads.detection.topology import MIN_PIECE, TOPOLOGY_TYPES, retype
 from mmfusion.registry import HEADS
 from mmfusion.types import Embedding, Inputs
 
@@ -39,6 +39,9 @@ class TrainingParams(PartParams):
     noise: float = Field(default=0.5, ge=0, le=1)
     scale: float = Field(default=0.0, ge=0, le=1)
     """Crops zoomed by a factor drawn log-uniformly in [1 / (1 + scale), 1 + scale]: traces and pads of other widths."""
+    invert: float = Field(default=0.0, ge=0, le=1)
+    """Share of crops with copper and board swapped (both images 255 - pixels) and each type read as its inverse
+    (open / short, mousebite / spur, pin-hole / copper): designs sparse in copper look like dense ones."""
     seed: int = 0
 
 
@@ -55,11 +58,13 @@ class DetectionParams(PartParams):
     """Average the heatmaps over the pair as given and mirrored left-right, up-down and both (4 network passes;
     box sizes from the plain pass). On DeepPCB boards of unseen designs: F-score 0.866 -> 0.886 (docs/defects.md)."""
     topology_types: bool = False
-    """Retype open / mousebite and short / spur boxes by what they do to the copper's connectivity, read from the
-    tested image and its template (topology.py; labels must name all four). On DeepPCB boards of an unseen design:
-    F-score 0.859 -> 0.900, mAP 0.864 -> 0.911 (docs/pcb-template.md)."""
+    """Retype each box within its side (copper missing or extra) by what it does to the copper, read from the tested
+    image and its template (topology.py): open / mousebite by whether it severs, short / spur by whether it joins,
+    and pin-hole / copper for a hole or an island when the labels name them (they must name the first four)."""
     copper: Literal["dark", "light"] = "dark"
     """topology_types: how copper shows in the images (DeepPCB: dark)."""
+    min_piece: int = Field(default=MIN_PIECE, ge=1)
+    """topology_types: pixels a piece of copper or board needs to count when a cut splits it (smaller: specks)."""
     training: TrainingParams = Field(default_factory=TrainingParams)
 
 
@@ -150,7 +155,8 @@ class DetectionHead(Head):
         """With topology_types, boxes retyped by connectivity in the item's image and reference; else as given."""
         if not self.params.topology_types or item is None or item.image is None or item.reference is None:
             return boxes
-        return retype(boxes, item.image, item.reference, self.params.copper)
+        named = frozenset(self.spec.labels)
+        return retype(boxes, item.image, item.reference, self.params.copper, named, self.params.min_piece)
 
     def postprocess(self, outputs: dict[str, np.ndarray], inputs: list[Inputs] | None = None) -> list[dict[str, Any]]:
         # Candidates below every type's threshold can neither be kept nor suppress a box that is (greedy NMS
