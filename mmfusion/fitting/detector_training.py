@@ -31,6 +31,7 @@ class TrainSettings:
     noise: float = 0.5
     scale: float = 0.0
     invert: float = 0.0
+    identical: float = 0.0
     inverse_types: tuple[int, ...] = ()
     """invert: the type index each type becomes when copper and board swap (empty: every type stays)."""
     seed: int = 0
@@ -124,6 +125,9 @@ def sample_crop(pair: LabelledPair, settings: TrainSettings, rng: np.random.Gene
     centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     boxes = boxes[(centre_x >= 0) & (centre_x < crop) & (centre_y >= 0) & (centre_y < crop)]
     tested, template, boxes = _dihedral(tested, template, boxes, int(rng.integers(4)), bool(rng.integers(2)))
+    if settings.identical and rng.random() < settings.identical:
+        tested, template = (tested, tested) if rng.random() < 0.5 else (template, template)
+        template, boxes = template.copy(), boxes[:0]
     if settings.invert and rng.random() < settings.invert:
         tested, template, boxes = 255 - tested, 255 - template, boxes.copy()
         if settings.inverse_types:

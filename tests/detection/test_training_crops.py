@@ -64,3 +64,14 @@ def test_half_inverted_crops_draw_both_and_no_invert_keeps_the_random_stream():
     sample_crop(pair, TrainSettings(crop=96), rng, True)
     sample_crop(pair, TrainSettings(crop=96, inverse_types=(1, 0)), same, True)
     assert rng.random() == same.random()  # invert: 0 draws nothing: earlier configs train as before
+
+
+def test_identical_crops_show_one_image_twice_and_nothing_to_find():
+    settings = TrainSettings(crop=96, noise=0.0, template_shift=0.0, identical=1.0)
+    shown = set()
+    for seed in range(12):
+        tested, template, boxes = sample_crop(pair_with_one_defect(), settings, np.random.default_rng(seed), True)
+        np.testing.assert_array_equal(tested, template)
+        assert len(boxes) == 0
+        shown.add(bool((tested < 128).any()))  # the defect's blob (tested twice) or the clean board (template twice)
+    assert shown == {True, False}

@@ -42,6 +42,9 @@ class TrainingParams(PartParams):
     invert: float = Field(default=0.0, ge=0, le=1)
     """Share of crops with copper and board swapped (both images 255 - pixels) and each type read as its inverse
     (open / short, mousebite / spur, pin-hole / copper): designs sparse in copper look like dense ones."""
+    identical: float = Field(default=0.0, ge=0, le=1)
+    """Share of crops with nothing to find: the tested image shown as its own template, or the template as the
+    tested image (no boxes). A defect's shape with no difference is not a defect: the network must compare."""
     seed: int = 0
 
 
