@@ -229,12 +229,10 @@ def _cell_manifest(path: Path, folder: Path, cells: list[tuple[str, float, str]]
 
 
 ELPV_POSITION = {"bank": "position", "neighbours": 3, "top_patches": 10, "max_patches": 1_000_000}
-ELPV_ENCODER = {"gain": "median"}  # cells of one module share an exposure; modules differ (docs/defects.md)
 
 
-def elpv_model(work: Path, params: dict[str, Any] | None, encoder: dict[str, Any] | None = None) -> Path:
-    """models/defect-anomaly, or a copy whose anomaly head takes `params` and image encoder `encoder` over its own
-    (unfitted)."""
+def elpv_model(work: Path, params: dict[str, Any] | None) -> Path:
+    """models/defect-anomaly, or a copy whose anomaly head takes `params` over its own (unfitted)."""
     source = REPO / "models" / "defect-anomaly"
     if params is None:
         return source
@@ -242,8 +240,6 @@ def elpv_model(work: Path, params: dict[str, Any] | None, encoder: dict[str, Any
     folder.mkdir(parents=True)
     config = yaml.safe_load((source / "config.yaml").read_text())
     config["heads"]["anomaly"]["params"] = {**config["heads"]["anomaly"].get("params", {}), **params}
-    image = config["encoders"]["image"]
-    image["params"] = {**image.get("params", {}), **(encoder or {})}
     config.pop("serving", None)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (folder / "README.md").write_text("defect-anomaly with a position bank, for registered ELPV cells.\n")
@@ -289,7 +285,7 @@ def elpv_section(work: Path) -> dict[str, Any]:
     if found is None:
         return {"skipped": "the ELPV data is not installed: pip install -e '.[elpv]' (pip package elpv-dataset)"}
     folder, cells = found
-    position = elpv_protocols(work / "elpv-position", folder, cells, elpv_model(work, ELPV_POSITION, ELPV_ENCODER))
+    position = elpv_protocols(work / "elpv-position", folder, cells, elpv_model(work, ELPV_POSITION))
     coreset = elpv_protocols(work / "elpv-coreset", folder, cells, elpv_model(work, None))
     results: dict[str, Any] = {
         "elpv_protocol": f"seed {ELPV_SEED}: fit 300 functional cells, threshold (best F1) on 100 functional + "
@@ -297,7 +293,6 @@ def elpv_section(work: Path) -> dict[str, Any]:
         "elpv_by_module_protocol": "2 folds of pseudo-modules (60 consecutive files of one type), stratified by "
         "type; fit on the other fold's functional cells",
         "elpv_position_params": ELPV_POSITION,
-        "elpv_position_encoder_params": ELPV_ENCODER,
     }
     results.update({f"elpv_{key}": value for key, value in position.items()})
     results.update({f"elpv_coreset_{key}": value for key, value in coreset.items() if not isinstance(value, dict)})

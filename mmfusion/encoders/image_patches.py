@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +24,6 @@ class PatchFeatureParams(PartParams):
     image_size: int = Field(default=256, ge=32, le=2048, multiple_of=32)
     strides: list[int] = Field(default_factory=lambda: [8, 16], min_length=1)
     neighbourhood: int = Field(default=3, ge=1, le=7)
-    gain: Literal["none", "median"] = "none"
-    """median: each image scaled so that its median grey level is mid-grey before the backbone (the brightness of
-    electroluminescence images varies with the module and the exposure)."""
 
     @field_validator("backbone")
     @classmethod
@@ -56,13 +53,6 @@ class PatchFeatureParams(PartParams):
         if strides != sorted(set(strides)):
             raise ValueError("expected distinct strides in increasing order, e.g. [8, 16]")
         return strides
-
-
-def median_gain(image: np.ndarray) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB image scaled so that its median grey level is 128 (clipped to 0-255)."""
-    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W)
-    gain = 128.0 / max(float(np.median(grey)), 1.0)
-    return np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
 
 
 @ENCODERS.register("image.patch_features")
@@ -101,10 +91,7 @@ class PatchFeatureEncoder(Encoder):
         return cells, cells
 
     def preprocess(self, items: list[Any]) -> dict[str, np.ndarray]:
-        images = [check_image(item, f"image[{i}]") for i, item in enumerate(items)]
-        if self.params.gain == "median":
-            images = [median_gain(image) for image in images]
-        canvases = [letterbox(image, self.params.image_size) for image in images]
+        canvases = [letterbox(check_image(item, f"image[{i}]"), self.params.image_size) for i, item in enumerate(items)]
         return {"pixels": self.backbone.preprocess(canvases)["pixels"]}  # (B, 3, S, S)
 
     def forward(self, pixels: torch.Tensor) -> Embedding:
