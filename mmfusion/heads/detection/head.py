@@ -67,7 +67,7 @@ class DetectionParams(PartParams):
     copper: Literal["dark", "light"] = "dark"
     """topology_types: how copper shows in the images (DeepPCB: dark)."""
     min_piece: int = Field(default=MIN_PIECE, ge=1)
-    """topology_types: pixels a piece of copper or board needs to count when a cut splits it (smaller: specks)."""
+    """topology_types: pixels a piece of copper needs to count when a cut splits a pour (smaller ones: specks)."""
     training: TrainingParams = Field(default_factory=TrainingParams)
 
 
