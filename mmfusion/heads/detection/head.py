@@ -92,6 +92,7 @@ class DetectionHead(Head):
             raise ConfigError("detection head: labels: empty; expected the defect type names")
         self.network = CenterNet(input_dim, len(spec.labels), params.width)
         self.calibration: dict[str, Any] = {}
+        self.named_types = frozenset(spec.labels)  # what topology_types may retype into
         missing = [kind for kind in TOPOLOGY_TYPES if kind not in spec.labels]
         if params.topology_types and missing:
             raise ConfigError(
@@ -158,8 +159,7 @@ class DetectionHead(Head):
         """With topology_types, boxes retyped by connectivity in the item's image and reference; else as given."""
         if not self.params.topology_types or item is None or item.image is None or item.reference is None:
             return boxes
-        named = frozenset(self.spec.labels)
-        return retype(boxes, item.image, item.reference, self.params.copper, named, self.params.min_piece)
+        return retype(boxes, item.image, item.reference, self.params.copper, self.named_types, self.params.min_piece)
 
     def postprocess(self, outputs: dict[str, np.ndarray], inputs: list[Inputs] | None = None) -> list[dict[str, Any]]:
         # Candidates below every type's threshold can neither be kept nor suppress a box that is (greedy NMS

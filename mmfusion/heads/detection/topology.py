@@ -23,6 +23,7 @@ JOIN, SPUR = "short", "spur"  # extra copper: joins two conductors / does not
 HOLE, ISLAND = "pin-hole", "copper"  # missing copper that meets no board / extra copper that meets no copper
 TOPOLOGY_TYPES = (CUT, NICK, JOIN, SPUR)
 MISSING, EXTRA = (CUT, NICK, HOLE), (JOIN, SPUR, ISLAND)
+SIDED = frozenset(MISSING + EXTRA)
 INVERSE_TYPES = {CUT: JOIN, JOIN: CUT, NICK: SPUR, SPUR: NICK, HOLE: ISLAND, ISLAND: HOLE}
 """What each type is read as when copper and board swap: a cut conductor joins two board regions, a nick is a
 spur of board, a hole in copper is an island of board."""
@@ -103,7 +104,7 @@ def retype(
     for box in boxes:
         x1, y1 = max(0, int(round(box.x1))), max(0, int(round(box.y1)))
         x2, y2 = min(width, int(round(box.x2))), min(height, int(round(box.y2)))
-        if box.type not in named or box.type not in MISSING + EXTRA or x2 <= x1 or y2 <= y1:
+        if box.type not in named or box.type not in SIDED or x2 <= x1 or y2 <= y1:
             out.append(box)
             continue
         now = copper_mask(tested[y1:y2, x1:x2], copper)  # (h, w)
