@@ -228,7 +228,7 @@ def _cell_manifest(path: Path, folder: Path, cells: list[tuple[str, float, str]]
     return write_manifest(path, rows)
 
 
-ELPV_POSITION = {"bank": "position", "neighbours": 3, "top_patches": 10, "max_patches": 1_000_000}
+ELPV_POSITION = {"bank": "position", "neighbours": 3, "top_patches": 10, "max_patches": 1_000_000, "score_groups": 2}
 
 
 def elpv_model(work: Path, params: dict[str, Any] | None) -> Path:

@@ -21,6 +21,7 @@ from mmfusion.heads.patchcore.coreset import coreset_size, greedy_coreset
 from mmfusion.heads.patchcore.head import PatchCoreHead
 from mmfusion.heads.patchcore.memory_bank import MemoryBank
 from mmfusion.heads.patchcore.position_bank import PositionBank
+from mmfusion.heads.patchcore.score_groups import ScoreGroups, texture
 from mmfusion.types import InputError, Inputs, Modality
 
 if TYPE_CHECKING:
@@ -135,18 +136,27 @@ def fit_position_bank(
             f"train manifest: {len(bank_rows)} good parts for the position bank; "
             f"bank: position with neighbours: {params.neighbours} needs at least {params.neighbours + 1}"
         )
-    features = [parts for _, _, parts in patch_features(pipeline, head_name, bank_rows, "features")]
+    features, sizes = [], []
+    for _, image, parts in patch_features(pipeline, head_name, bank_rows, "features"):
+        features.append(parts)
+        sizes.append(image.shape[:2])
     bank = np.stack(features).reshape(len(bank_rows), height * width, -1)  # (N, L, D)
     features_done = time.perf_counter()
     # stored in float16: standardise with exactly what a reload will give
     head.bank = PositionBank(bank.astype(np.float16).transpose(1, 0, 2), params.neighbours)  # (L, N, D)
-    head.bank.fit_standardisation()
+    left_out = head.bank.fit_standardisation().reshape(len(bank_rows), height, width).numpy()  # (N, h, w)
+    head.groups = None
+    if params.score_groups > 1:
+        scores = np.array([head.image_score(part, size)[0] for part, size in zip(left_out, sizes)])  # (N,)
+        textures = texture(head.bank.features.transpose(0, 1))  # (N, D)
+        head.groups = ScoreGroups.fit(textures, scores, params.score_groups, params.seed)
     head.meta = {
         "image_size": head.canvas,
         "grid": [height, width],
         "feature_dim": head.bank.dim,
         "bank": "position",
         "bank_parts": head.bank.parts,
+        "score_groups": params.score_groups,
         "fitted_images": len(bank_rows),
         "patches": head.bank.parts * head.bank.positions,
     }

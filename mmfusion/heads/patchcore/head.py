@@ -17,6 +17,7 @@ from mmfusion.heads.patchcore.calibration import Calibration
 from mmfusion.heads.patchcore.localisation import boxes_from_map, canvas_map, content_map, to_image_size
 from mmfusion.heads.patchcore.memory_bank import MemoryBank
 from mmfusion.heads.patchcore.position_bank import PositionBank
+from mmfusion.heads.patchcore.score_groups import ScoreGroups, texture
 from mmfusion.registry import HEADS
 from mmfusion.security.integrity import IntegrityError, read_model_file
 from mmfusion.types import Embedding
@@ -43,6 +44,10 @@ class PatchCoreParams(PartParams):
     """bank: position: a patch's score is its mean distance to this many nearest good patches at its position."""
     top_patches: int = Field(default=0, ge=0)
     """0: the image score is the smoothed map's peak; N: the mean of the N highest patch scores on the content."""
+    score_groups: int = Field(default=1, ge=1)
+    """bank: position: cluster the good parts into this many groups by texture (k-means on each channel's spread
+    across positions) and put image scores on their group's scale, so one threshold serves mono- and
+    polycrystalline cells alike (score_groups.py); 1: one scale for all."""
     seed: int = 0
 
 
@@ -61,7 +66,13 @@ class PatchCoreHead(Head):
 
     def __init__(self, params: PatchCoreParams, input_dim: int, spec: HeadSpec) -> None:
         super().__init__(params, input_dim, spec)
+        if params.score_groups > 1 and params.bank != "position":
+            raise ConfigError(
+                f"anomaly.patchcore score_groups: {params.score_groups} needs bank: position (its leave-self-out "
+                f"scores set each group's scale), got bank: {params.bank}"
+            )
         self.bank: MemoryBank | PositionBank | None = None
+        self.groups: ScoreGroups | None = None
         self.calibration: Calibration | None = None
         self.canvas: int | None = None
         self.meta: dict[str, Any] = {}
@@ -92,16 +103,22 @@ class PatchCoreHead(Head):
         else:
             patch_scores = self.bank.distances(patch_features.reshape(batch * height * width, dim))
         patch_scores = patch_scores.reshape(batch, height, width)  # (B, h, w)
-        results = []
-        for scores, size in zip(patch_scores, image_sizes):
-            size = size or (self.canvas, self.canvas)
-            content = content_map(canvas_map(scores, self.canvas, self.params.smoothing_sigma), size)
-            score = float(content.max())
-            if self.params.top_patches:
-                on_content = scores[content_cells(size[0], size[1], self.canvas, (height, width))]  # (n,)
-                score = float(np.sort(on_content)[-self.params.top_patches :].mean())
-            results.append((score, to_image_size(content, size)))
+        results = [self.image_score(scores, size) for scores, size in zip(patch_scores, image_sizes)]
+        if self.groups is not None:
+            textures = texture(patch_features.reshape(batch, height * width, dim))  # (B, D)
+            rescaled = self.groups.rescale(textures, np.array([score for score, _ in results]))
+            results = [(float(score), raw_map) for score, (_, raw_map) in zip(rescaled, results)]
         return results
+
+    def image_score(self, patch_scores: np.ndarray, size: tuple[int, int] | None) -> tuple[float, np.ndarray]:
+        """(image score, anomaly map at image size) of one part's patch scores (h, w), before any score group."""
+        size = size or (self.canvas, self.canvas)
+        content = content_map(canvas_map(patch_scores, self.canvas, self.params.smoothing_sigma), size)
+        score = float(content.max())
+        if self.params.top_patches:
+            on_content = patch_scores[content_cells(size[0], size[1], self.canvas, patch_scores.shape)]  # (n,)
+            score = float(np.sort(on_content)[-self.params.top_patches :].mean())
+        return score, to_image_size(content, size)
 
     def postprocess(
         self, outputs: dict[str, np.ndarray], image_sizes: list[tuple[int, int] | None] | None = None
@@ -138,12 +155,15 @@ class PatchCoreHead(Head):
     # artifacts ---------------------------------------------------------------------------------------------
 
     def save_fitted(self, folder: Path) -> None:
-        """Write the bank (memory_bank.npy, or position_bank.npy + position_stats.npy), calibration.json, meta.json."""
+        """Write the bank (memory_bank.npy, or position_bank.npy + position_stats.npy), score_groups.json when
+        there are groups, calibration.json and meta.json."""
         if not self.fitted:
             raise ConfigError("anomaly.patchcore has nothing to save: it is not fitted")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.bank.save(folder)
+        if self.groups is not None:
+            self.groups.save(folder)
         self.calibration.save(folder)
         (folder / META_FILE).write_text(json.dumps(self.meta, indent=2) + "\n")
 
@@ -171,5 +191,6 @@ class PatchCoreHead(Head):
                 f"{folder}: memory bank has {bank.dim}-d patch features but the encoder gives {self.input_dim}-d; "
                 "refit the model after changing its encoder"
             )
-        self.bank, self.canvas, self.meta = bank, canvas, meta
+        groups = ScoreGroups.load(folder, self.params.score_groups, bank.dim) if self.params.score_groups > 1 else None
+        self.bank, self.groups, self.canvas, self.meta = bank, groups, canvas, meta
         self.calibration = Calibration.load(folder)

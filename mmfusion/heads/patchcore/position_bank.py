@@ -89,8 +89,9 @@ class PositionBank:
         differences = chosen.reshape(positions, batch, k, self.dim) - centred[:, :, None, :]  # (L, B, k, D)
         return differences.square().sum(dim=3).sqrt().mean(dim=2).T  # (B, L)
 
-    def fit_standardisation(self) -> None:
-        """Per-position mean and deviation of the bank parts' own raw scores, each part left out of its comparison."""
+    def fit_standardisation(self) -> torch.Tensor:
+        """Per-position mean and deviation of the bank parts' own raw scores, each part left out of its comparison;
+        returns those parts' standardised scores (N, L)."""
         own = self.features.transpose(0, 1)  # (N, L, D)
         scores = torch.cat(
             [
@@ -102,6 +103,7 @@ class PositionBank:
             ]
         )  # (N, L)
         self.mean, self.std = scores.mean(dim=0), scores.std(dim=0) + 1e-6
+        return (scores - self.mean) / self.std
 
     def scores(self, queries: np.ndarray | torch.Tensor) -> np.ndarray:
         """Standardised patch scores (B, L): 0 is a typical good patch at that position, 1 one deviation above."""
