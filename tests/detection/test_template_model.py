@@ -123,15 +123,17 @@ def synthetic_rows(folder: Path) -> list:
 
 
 def test_fitted_folder_round_trip_gives_identical_outputs(template_model, model_copy):
+    # torch on both sides: `backend: auto` measures INT8 against FP32 speed for each folder's export, and with the
+    # shipped weights INT8 is about 1.2x FP32, near MIN_SPEEDUP, so a busy machine may choose differently
     head = template_model.graph.heads[HEAD]
     head.save_fitted(model_copy / FITTED_DIR / HEAD)
-    reloaded = Pipeline(model_copy)
+    original, reloaded = Pipeline(MODEL, backend="torch"), Pipeline(model_copy, backend="torch")
     pair = Inputs(image=defective_board(), reference=clean_board())
-    before, after = template_model.raw_outputs([pair]), reloaded.raw_outputs([pair])
+    before, after = original.raw_outputs([pair]), reloaded.raw_outputs([pair])
     assert set(before) == set(after)
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])
-    assert boxes_of(template_model.predict(pair)) == boxes_of(reloaded.predict(pair))
+    assert boxes_of(original.predict(pair)) == boxes_of(reloaded.predict(pair))
 
 
 def test_calibrate_changes_only_the_stored_threshold(model_copy, tmp_path):
