@@ -104,8 +104,21 @@ def test_a_position_bank_with_two_score_groups_fits_scores_and_reloads(tmp_path)
     scores = [pipeline.predict(Inputs(image=image)).outputs["anomaly"]["raw_score"] for image in smooth + grainy]
     # new good cells of either kind land near their own group's good level (0 = median, 1 = 90th percentile)
     assert -1.5 < np.median(scores[:5]) < 1.5 and -1.5 < np.median(scores[5:]) < 1.5, scores
-    moved = pipeline.predict(Inputs(image=registered_cell(rng, 2.0, (56, 96)))).outputs["anomaly"]["raw_score"]
-    assert moved > max(scores)
+    # score and map are rescaled alike, by the levels of the group the cell's texture is nearest to
+    features = pipeline.raw_outputs([Inputs(image=grainy[0])])["anomaly.patch_features"]  # (1, h, w, D)
+    ((score, raw_map),) = head.raw_maps(features, [(128, 128)])
+    flat = features.reshape(1, -1, features.shape[-1])  # (1, L, D)
+    plain_score, plain_map = head.image_score(head.bank.scores(flat).reshape(features.shape[1:3]), (128, 128))
+    median, spread = (level[0] for level in head.groups.levels(texture(flat)))
+    assert score == pytest.approx((plain_score - median) / spread, rel=1e-6) and score == pytest.approx(scores[5])
+    np.testing.assert_allclose(raw_map, (plain_map - median) / spread, rtol=1e-5, atol=1e-5)
+
+    moved = pipeline.predict(Inputs(image=registered_cell(rng, 2.0, (56, 96)))).outputs["anomaly"]
+    assert moved["raw_score"] > max(scores) and moved["label"] == "defect"
+    # the map is rescaled with the score: it reaches the pixel threshold (0.5) where the bar left and where it went
+    assert moved["anomaly_map"].max() >= 0.5
+    assert 20 <= int(np.argmax(moved["anomaly_map"].max(axis=0))) <= 68
+    assert moved["boxes"] and all(box["x2"] > 20 and box["x1"] < 68 for box in moved["boxes"])
     reloaded = Pipeline(tmp_path / "fitted", "torch").predict(Inputs(image=smooth[0])).outputs["anomaly"]
     assert reloaded["raw_score"] == pytest.approx(scores[0], rel=1e-6)
 

@@ -104,10 +104,12 @@ class PatchCoreHead(Head):
             patch_scores = self.bank.distances(patch_features.reshape(batch * height * width, dim))
         patch_scores = patch_scores.reshape(batch, height, width)  # (B, h, w)
         results = [self.image_score(scores, size) for scores, size in zip(patch_scores, image_sizes)]
-        if self.groups is not None:
-            textures = texture(patch_features.reshape(batch, height * width, dim))  # (B, D)
-            rescaled = self.groups.rescale(textures, np.array([score for score, _ in results]))
-            results = [(float(score), raw_map) for score, (_, raw_map) in zip(rescaled, results)]
+        if self.groups is not None:  # score and map alike, so the pixel threshold stays on the image score's scale
+            medians, spreads = self.groups.levels(texture(patch_features.reshape(batch, height * width, dim)))
+            results = [
+                ((score - median) / spread, ((raw_map - median) / spread).astype(np.float32))
+                for (score, raw_map), median, spread in zip(results, medians, spreads)
+            ]
         return results
 
     def image_score(self, patch_scores: np.ndarray, size: tuple[int, int] | None) -> tuple[float, np.ndarray]:

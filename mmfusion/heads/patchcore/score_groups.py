@@ -70,10 +70,15 @@ class ScoreGroups:
         distances = ((standardised[:, None, :] - self.centroids[None]) ** 2).sum(axis=2)  # (B, K)
         return distances.argmin(axis=1)
 
+    def levels(self, textures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) medians and (B,) spreads of the groups the textures (B, D) belong to."""
+        group = self.assign(textures)
+        return self.medians[group], self.spreads[group]
+
     def rescale(self, textures: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Image scores (B,) on their group's scale: 0 = the group's median good part, 1 = its 90th percentile."""
-        group = self.assign(textures)
-        return (np.asarray(scores, np.float64) - self.medians[group]) / self.spreads[group]
+        medians, spreads = self.levels(textures)
+        return (np.asarray(scores, np.float64) - medians) / spreads
 
     def save(self, folder: Path) -> None:
         """Write score_groups.json into `folder`."""
