@@ -5,7 +5,8 @@ good and defective parts; speed is compared in the same run with the graph alone
 bank search) and with the unreduced memory bank. The DeepPCB part evaluates models/pcb-template on the pairs of
 ../shared/datasets/deeppcb-trainval held out of its training (skipped with a message when absent): "unseen boards"
 (board designs left out) and "new pairs of seen boards", on the split recorded in its calibration.json; weights
-fitted on a random split of the pairs (as shipped) saw every design, so their "unseen boards" row is skipped.
+fitted on a random split of the pairs (as shipped) saw every design, so their "unseen boards" row is skipped;
+`--pcb-model FOLDER` measures another fit instead (`python -m mmfusion.fitting.deeppcb` on a group split).
 The ELPV part (real solar cells; `pip install -e '.[elpv]'`, skipped with a message without it) fits
 models/defect-anomaly's config on 300 functional cells only (seed 0), picks the threshold on 100 functional + 50
 defective cells and reports image AUROC, F1 at that threshold and the miss rate at a 1% false-detection rate on
@@ -47,6 +48,7 @@ from elpv_data import elpv_cells, elpv_split, group_folds  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = REPO.parent / "shared" / "datasets"
+PCB_MODEL = REPO / "models" / "pcb-template"
 TARGETS = {
     "image_auroc": (">=", 0.98),
     "pixel_auroc": (">=", 0.95),
@@ -159,8 +161,8 @@ def anomaly_section(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def deeppcb_section(work: Path) -> dict[str, Any]:
-    """F-score and mAP at IoU > 0.33 of models/pcb-template on unseen boards and on new pairs of seen boards."""
+def deeppcb_section(work: Path, model: Path = PCB_MODEL) -> dict[str, Any]:
+    """F-score and mAP at IoU > 0.33 of a pcb-template folder on unseen boards and on new pairs of seen boards."""
     root = DATASETS / "deeppcb-trainval"
     if not root.is_dir():
         return {"skipped": f"{root} is absent"}
@@ -169,13 +171,12 @@ def deeppcb_section(work: Path) -> dict[str, Any]:
         from mmfusion.fitting.deeppcb import fitted_split
     except ImportError as error:
         return {"skipped": f"mmfusion.data.deeppcb is not available ({error})"}
-    model = REPO / "models" / "pcb-template"
     if not (model / "config.yaml").is_file():
         return {"skipped": f"{model} does not exist"}
     try:
         pipeline = Pipeline(model)
     except ConfigError as error:
-        return {"skipped": f"models/pcb-template could not be loaded: {error}"}
+        return {"skipped": f"{model} could not be loaded: {error}"}
     (head_name,) = (name for name, spec in pipeline.config.heads.items() if spec.name == "detection")
     split = fitted_split(pipeline.graph.heads[head_name])
     manifests = deeppcb_manifests(root, work / "deeppcb", **split)
@@ -195,9 +196,9 @@ def deeppcb_section(work: Path) -> dict[str, Any]:
         try:
             metrics, _ = evaluate(model, manifests[name])
         except (ConfigError, InputError) as error:
-            return {"skipped": f"models/pcb-template could not be evaluated: {error}"}
+            return {"skipped": f"{model} could not be evaluated: {error}"}
         if "fscore" not in metrics:
-            return {"skipped": "models/pcb-template gave no typed boxes to score"}
+            return {"skipped": f"{model} gave no typed boxes to score"}
         # mAP ranks every candidate box (DeepPCB protocol), not only those kept at the operating threshold
         ranked = evaluate_boxes(pipeline, head_name, load_manifest(manifests[name]))
         results.update(
@@ -315,20 +316,27 @@ def main() -> None:
     parser.add_argument("--speed-images", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the targets are for 2 CPU cores)")
     parser.add_argument("--skip-deeppcb", action="store_true")
+    parser.add_argument(
+        "--pcb-model",
+        type=Path,
+        default=PCB_MODEL,
+        help="pcb-template folder to measure (e.g. one fitted on a group split, for its unseen-boards row)",
+    )
     parser.add_argument("--skip-elpv", action="store_true")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "defects.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         results = anomaly_section(Path(folder), args)
-        results["deeppcb"] = {"skipped": "--skip-deeppcb"} if args.skip_deeppcb else deeppcb_section(Path(folder))
+        skipped = {"skipped": "--skip-deeppcb"}
+        results["deeppcb"] = skipped if args.skip_deeppcb else deeppcb_section(Path(folder), args.pcb_model)
         results["elpv"] = {"skipped": "--skip-elpv"} if args.skip_elpv else elpv_section(Path(folder))
     results["threads"] = args.threads
     results["cpu_int8_dot_product"] = cpu_int8_dot_product()
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, int8 dot-product instructions: "
           f"{', '.join(results['cpu_int8_dot_product']) or 'none (AVX2 or older)'}")  # fmt: skip
     if "backend" in results["deeppcb"]:
-        print(f"pcb-template: {results['deeppcb']['backend']}")
+        print(f"{args.pcb_model.name} ({args.pcb_model}): {results['deeppcb']['backend']}")
     print(f"{'measure':38s} {'value':>10s}  target")
     rows = {k: v for k, v in results.items() if isinstance(v, int | float)}
     for section in ("deeppcb", "elpv"):
