@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 
 from mmfusion.config import ConfigError
 from mmfusion.security.integrity import IntegrityError, read_model_file
@@ -44,6 +43,8 @@ class ScoreGroups:
     @classmethod
     def fit(cls, textures: np.ndarray, scores: np.ndarray, groups: int, seed: int = 0) -> ScoreGroups:
         """Cluster good parts' textures (N, D) into `groups`; levels from their leave-self-out image scores (N,)."""
+        from sklearn.cluster import KMeans  # fitting only: the edge image serves without scikit-learn
+
         if len(textures) < groups * MIN_GROUP_PARTS:
             raise InputError(
                 f"score_groups: {groups} needs at least {groups * MIN_GROUP_PARTS} good parts in the bank, "
