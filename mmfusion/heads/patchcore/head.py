@@ -69,7 +69,7 @@ class PatchCoreHead(Head):
         if params.score_groups > 1 and params.bank != "position":
             raise ConfigError(
                 f"anomaly.patchcore score_groups: {params.score_groups} needs bank: position (its leave-self-out "
-                f"scores set each group's scale), got bank: {params.bank}"
+                f"scores set each group's scale), got bank: {params.bank}; set bank: position or score_groups: 1"
             )
         self.bank: MemoryBank | PositionBank | None = None
         self.groups: ScoreGroups | None = None
