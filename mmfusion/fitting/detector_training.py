@@ -32,6 +32,8 @@ class TrainSettings:
     scale: float = 0.0
     invert: float = 0.0
     identical: float = 0.0
+    morphology: float = 0.0
+    weight_decay: float = 1e-4
     inverse_types: tuple[int, ...] = ()
     """invert: the type index each type becomes when copper and board swap (empty: every type stays)."""
     seed: int = 0
@@ -128,6 +130,8 @@ def sample_crop(pair: LabelledPair, settings: TrainSettings, rng: np.random.Gene
     if settings.identical and rng.random() < settings.identical:
         tested, template = (tested, tested) if rng.random() < 0.5 else (template, template)
         template, boxes = template.copy(), boxes[:0]
+    if settings.morphology and rng.random() < settings.morphology:
+        tested, template = _reshape_copper(tested, template, rng)
     if settings.invert and rng.random() < settings.invert:
         tested, template, boxes = 255 - tested, 255 - template, boxes.copy()
         if settings.inverse_types:
@@ -137,6 +141,13 @@ def sample_crop(pair: LabelledPair, settings: TrainSettings, rng: np.random.Gene
         tested = np.clip(tested + rng.normal(0, sigma, tested.shape), 0, 255).astype(np.uint8)
         template = np.clip(template + rng.normal(0, sigma, template.shape), 0, 255).astype(np.uint8)
     return tested, template, boxes
+
+
+def _reshape_copper(tested: np.ndarray, template: np.ndarray, rng: np.random.Generator):
+    """Both (crop, crop, 3) images eroded or dilated alike by a 3x3 or 5x5 square: every edge moves 1 or 2 pixels."""
+    kernel = np.ones((3, 3) if rng.random() < 0.5 else (5, 5), np.uint8)
+    operation = cv2.erode if rng.random() < 0.5 else cv2.dilate
+    return operation(tested, kernel), operation(template, kernel)
 
 
 def epoch_crops(pairs: list[LabelledPair], settings: TrainSettings, rng: np.random.Generator) -> list:
@@ -158,7 +169,7 @@ def train_detector(head, encoder: Encoder, pairs: list[LabelledPair], settings: 
     cells = settings.crop // stride
     per_epoch = sum(min(settings.defect_crops, len(p.boxes)) + settings.background_crops for p in pairs)
     steps = settings.epochs * math.ceil(per_epoch / settings.batch_size)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=steps, pct_start=0.15)
     head.train()
     started, losses = time.perf_counter(), []

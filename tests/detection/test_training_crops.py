@@ -75,3 +75,20 @@ def test_identical_crops_show_one_image_twice_and_nothing_to_find():
         assert len(boxes) == 0
         shown.add(bool((tested < 128).any()))  # the defect's blob (tested twice) or the clean board (template twice)
     assert shown == {True, False}
+
+
+def test_reshaped_crops_move_every_edge_alike_and_keep_the_boxes():
+    plain = TrainSettings(crop=96, noise=0.0, template_shift=0.0)
+    reshaped = TrainSettings(crop=96, noise=0.0, template_shift=0.0, morphology=1.0)
+    changes = set()
+    for seed in range(16):
+        before = sample_crop(pair_with_one_defect(), plain, np.random.default_rng(seed), around_defect=True)
+        after = sample_crop(pair_with_one_defect(), reshaped, np.random.default_rng(seed), around_defect=True)
+        np.testing.assert_array_equal(after[2], before[2])  # the boxes stay where they were
+        assert (after[1] == 255).all()  # the blank template stays blank: no edge to move
+        dark_before, dark_after = before[0][:, :, 0] < 128, after[0][:, :, 0] < 128
+        across = int(dark_after.any(0).sum()) - int(dark_before.any(0).sum())
+        down = int(dark_after.any(1).sum()) - int(dark_before.any(1).sum())
+        assert across == down  # both sides of the blob moved by the same pixels
+        changes.add(across)
+    assert changes == {-4, -2, 2, 4}, changes  # one or two pixels narrower or wider on each side

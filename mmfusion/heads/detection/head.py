@@ -45,6 +45,11 @@ class TrainingParams(PartParams):
     identical: float = Field(default=0.0, ge=0, le=1)
     """Share of crops with nothing to find: the tested image shown as its own template, or the template as the
     tested image (no boxes). A defect's shape with no difference is not a defect: the network must compare."""
+    morphology: float = Field(default=0.0, ge=0, le=1)
+    """Share of crops whose two images are both eroded or dilated by a 3x3 or 5x5 square (the same way): traces,
+    pads and gaps one or two pixels wider or narrower, as on a design drawn with other widths."""
+    weight_decay: float = Field(default=1e-4, ge=0)
+    """AdamW's decoupled weight decay: larger pulls the weights toward zero, a smoother detector."""
     seed: int = 0
 
 
