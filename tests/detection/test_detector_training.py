@@ -1,4 +1,4 @@
-"""Training the template detector: a short run on a synthetic pair learns, and weight decay shrinks the weights."""
+"""Training the template detector end to end: a short run on a synthetic pair, and weight decay shrinks the weights."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from mmfusion.repository.folder import FITTED_DIR, models_root
 from mmfusion.types import Modality
 from tests.detection.boards import clean_board, defective_board
 
-TYPES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
-
 
 @pytest.fixture(scope="module")
 def unfitted(tmp_path_factory) -> Pipeline:
@@ -30,8 +28,9 @@ def trained(pipeline: Pipeline, weight_decay: float) -> tuple[float, dict[str, f
     """Train a fresh seeded detector for 20 steps; its parameters' norm and the loss figures."""
     head = pipeline.graph.heads["defects"]
     torch.manual_seed(0)
-    head.network = CenterNet(head.input_dim, len(TYPES), head.params.width)
-    boxes = np.array([[235, 125, 265, 178, TYPES.index("short")], [322, 410, 352, 440, TYPES.index("spur")]])
+    head.network = CenterNet(head.input_dim, len(head.types), head.params.width)
+    short, spur = head.types.index("short"), head.types.index("spur")
+    boxes = np.array([[235, 125, 265, 178, short], [322, 410, 352, 440, spur]])
     pair = LabelledPair(defective_board(), clean_board(), boxes.astype(np.float32))
     settings = TrainSettings(epochs=20, batch_size=4, weight_decay=weight_decay)
     summary = train_detector(head, pipeline.encoder(Modality.IMAGE), [pair], settings)
