@@ -23,6 +23,7 @@ from mmfusion.fitting.registry import FITTERS
 from mmfusion.fitting.thresholds import choose_box_threshold
 from mmfusion.pipeline import Pipeline
 from mmfusion.repository.folder import FITTED_DIR
+from mmfusion.types import InputError
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "deeppcb-trainval"
 SPLIT_KEYS = ("split", "val_fraction", "seed", "seen_fraction")
@@ -50,20 +51,31 @@ def run(
     fit: bool = True,
     split: str = "group",
     seen_fraction: float = 0.1,
+    recalibrate: bool = False,
 ) -> dict:
     """Split DeepPCB, fit the head on the train part, calibrate (best F-score) on `val` and measure on the
     held-out parts: `val` (unseen boards with the group split) and `val_seen` (new pairs of seen boards).
 
     With fit=False the model's fitted weights are measured as they are and nothing is written; `note` says
     when the split asked for is not the one they were fitted on (their "held-out" pairs were trained on).
+    recalibrate=True (with fit=False) writes the threshold chosen on `val` to the fitted calibration.json, e.g.
+    after a change to how the head scores (test_flips); only on the split the weights were fitted on.
     """
+    if recalibrate and fit:
+        raise InputError("recalibrate: true refits nothing; it goes with fit: false (--no-fit)")
     manifests = deeppcb_manifests(data, work, val_fraction, seed, split, seen_fraction)
     record = json.loads((Path(work) / SPLIT_FILE).read_text())
     train, val = load_manifest(manifests["train"]), load_manifest(manifests["val"])
-    pipeline = Pipeline(model, backend="torch" if fit else None)  # an export of the weights before fitting is stale
+    # torch when fitting (an export of the weights before is stale) and when recalibrating (FP32, as fitted)
+    pipeline = Pipeline(model, backend="torch" if fit or recalibrate else None)
     head = pipeline.graph.heads[head_name]
     asked = {k: record[k] for k in SPLIT_KEYS if k in record}
     fitted_on = asked if fit else fitted_split(head)
+    if recalibrate and fitted_on != asked:
+        raise InputError(
+            f"--recalibrate: split {asked}; the weights were fitted on {fitted_on}, and a threshold chosen on "
+            "pairs they were trained on would be optimistic; ask for their own split"
+        )
     if epochs is not None:
         head.params = head.params.model_copy(
             update={"training": head.params.training.model_copy(update={"epochs": epochs})}
@@ -96,6 +108,8 @@ def run(
     if fit:
         head.calibration["split"] = asked
         head.save_fitted(model / FITTED_DIR / head_name)
+    elif recalibrate:
+        head.save_calibration(model / FITTED_DIR / head_name)  # the split it records is kept (calibrate_boxes)
     return result
 
 
@@ -175,6 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the config's training epochs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
     parser.add_argument("--no-fit", action="store_true", help="measure the fitted weights as they are")
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --no-fit: write the threshold chosen on val to calibration.json (after e.g. test_flips: true)",
+    )
     parser.add_argument("--report", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -190,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         not args.no_fit,
         args.split,
         args.seen_fraction,
+        args.recalibrate,
     )
     text = json.dumps(result, indent=2)
     if args.report is not None:

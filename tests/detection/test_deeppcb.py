@@ -169,3 +169,31 @@ def test_measuring_weights_on_a_split_they_were_not_fitted_on_says_so(tmp_path):
     assert "fitted on split {'split': 'random'" in result["note"] and "optimistic" in result["note"]
     same = run(root, model, tmp_path / "again", "defects", 0.2, 0, None, fit=False, split="random")
     assert "note" not in same and "val_seen" not in same
+
+
+def test_recalibrating_rewrites_only_the_threshold_and_only_on_the_split_the_weights_were_fitted_on(tmp_path):
+    import shutil
+
+    from mmfusion.fitting.deeppcb import run
+    from mmfusion.heads.detection.head import CALIBRATION_FILE, WEIGHTS_FILE
+    from mmfusion.repository.folder import FITTED_DIR, models_root
+
+    shipped = models_root() / "pcb-template"
+    if not (shipped / FITTED_DIR / "defects" / WEIGHTS_FILE).is_file():
+        pytest.skip(f"{shipped} has no fitted detector")
+    model = shutil.copytree(shipped, tmp_path / "pcb-template")
+    fitted = model / FITTED_DIR / "defects"
+    weights = (fitted / WEIGHTS_FILE).read_bytes()
+    before = json.loads((fitted / CALIBRATION_FILE).read_text())
+    root = fake_deeppcb(tmp_path / "deeppcb")
+    with pytest.raises(InputError, match="the weights were fitted on .*'random'.*ask for their own split"):
+        run(root, model, tmp_path / "group", "defects", 0.2, 0, None, fit=False, recalibrate=True)
+    with pytest.raises(InputError, match="goes with fit: false"):
+        run(root, model, tmp_path / "fit", "defects", 0.2, 0, None, fit=True, split="random", recalibrate=True)
+    assert json.loads((fitted / CALIBRATION_FILE).read_text()) == before  # refused: nothing written
+    result = run(root, model, tmp_path / "random", "defects", 0.2, 0, None, fit=False, split="random", recalibrate=True)
+    after = json.loads((fitted / CALIBRATION_FILE).read_text())
+    assert after["threshold"] == result["calibration"]["threshold"] != before["threshold"]
+    assert after["fscore"] == result["calibration"]["fscore"] == result["val"]["fscore"]
+    assert after["split"] == before["split"] and after["types"] == before["types"]
+    assert (fitted / WEIGHTS_FILE).read_bytes() == weights
