@@ -6,7 +6,8 @@ bank search) and with the unreduced memory bank. The DeepPCB part evaluates mode
 ../shared/datasets/deeppcb-trainval held out of its training (skipped with a message when absent): "unseen boards"
 (board designs left out) and "new pairs of seen boards", on the split recorded in its calibration.json; weights
 fitted on a random split of the pairs (as shipped) saw every design, so their "unseen boards" row is skipped;
-`--pcb-model FOLDER` measures another fit instead (`python -m mmfusion.fitting.deeppcb` on a group split).
+`--pcb-model FOLDER` measures another fit instead (`python -m mmfusion.fitting.deeppcb` on a group split), and
+`--pcb-folds F0 .. F4` the fits of all five design folds, whose mean on unseen boards is judged against the target.
 The ELPV part (real solar cells; `pip install -e '.[elpv]'`, skipped with a message without it) fits
 models/defect-anomaly's config on 300 functional cells only (seed 0), picks the threshold on 100 functional + 50
 defective cells and reports image AUROC, F1 at that threshold and the miss rate at a 1% false-detection rate on
@@ -57,8 +58,12 @@ TARGETS = {
     "images_per_second": (">=", 15.0),
     "deeppcb_unseen_boards_fscore": (">=", 0.97),
     "deeppcb_unseen_boards_map": (">=", 0.97),
+    "design_folds_unseen_fscore": (">=", 0.97),
+    "design_folds_unseen_map": (">=", 0.97),
+    "design_folds_images_per_second": (">=", 40.0),
     "deeppcb_seen_boards_fscore": (">=", 0.95),
     "deeppcb_seen_boards_map": (">=", 0.95),
+    "deeppcb_seen_boards_images_per_second": (">=", 40.0),
     "elpv_image_auroc": (">=", 0.93),
     "elpv_by_module_image_auroc": (">=", 0.93),
     "elpv_images_per_second": (">=", 15.0),
@@ -185,6 +190,7 @@ def deeppcb_section(work: Path, model: Path = PCB_MODEL) -> dict[str, Any]:
         "deeppcb_split": split,
         "deeppcb_sets": record["pairs"],
         "backend": pipeline.backend_choice.split(";")[0],
+        "deeppcb_unseen_designs": record.get("designs", {}).get("val", []),
     }
     sets = {"unseen_boards": "val", "seen_boards": "val_seen"} if split["split"] == "group" else {"seen_boards": "val"}
     if "unseen_boards" not in sets:
@@ -212,6 +218,35 @@ def deeppcb_section(work: Path, model: Path = PCB_MODEL) -> dict[str, Any]:
             }
         )
     pipeline.close()
+    return results
+
+
+def design_folds_section(work: Path, folds: list[Path]) -> dict[str, Any]:
+    """The unseen-boards target over group-split fits of different design folds: each fold's rows and their mean."""
+    results: dict[str, Any] = {}
+    seeds: dict[int, Path] = {}
+    for index, model in enumerate(folds):
+        section = deeppcb_section(work / f"fold{index}", model)
+        if "deeppcb_unseen_boards_fscore" not in section:
+            reason = section.get("skipped") or section.get("deeppcb_unseen_boards_skipped")
+            return {"skipped": f"--pcb-folds {model}: {reason}"}
+        seed = section["deeppcb_split"]["seed"]
+        if seed in seeds:
+            return {"skipped": f"--pcb-folds: {seeds[seed]} and {model} hold out the same designs (seed {seed})"}
+        seeds[seed] = model
+        designs = "+".join(name.removeprefix("group") for name in section["deeppcb_unseen_designs"])
+        print(f"design fold {seed} ({designs}): {model}: {section['backend']}")
+        for key in ("fscore", "map", "images_per_second"):
+            results[f"fold{seed}_unseen_{key}"] = section[f"deeppcb_unseen_boards_{key}"]
+        results[f"fold{seed}_seen_fscore"] = section["deeppcb_seen_boards_fscore"]
+        results.setdefault("folds", []).append(section)
+    for key in ("fscore", "map"):
+        results[f"design_folds_unseen_{key}"] = float(
+            np.mean([f[f"deeppcb_unseen_boards_{key}"] for f in results["folds"]])
+        )
+    results["design_folds_images_per_second"] = min(
+        f["deeppcb_unseen_boards_images_per_second"] for f in results["folds"]
+    )
     return results
 
 
@@ -322,6 +357,13 @@ def main() -> None:
         default=PCB_MODEL,
         help="pcb-template folder to measure (e.g. one fitted on a group split, for its unseen-boards row)",
     )
+    parser.add_argument(
+        "--pcb-folds",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="group-split fits of different design folds (--seed 0..4): their mean on unseen boards against the target",
+    )
     parser.add_argument("--skip-elpv", action="store_true")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "defects.json"))
     args = parser.parse_args()
@@ -330,6 +372,8 @@ def main() -> None:
         results = anomaly_section(Path(folder), args)
         skipped = {"skipped": "--skip-deeppcb"}
         results["deeppcb"] = skipped if args.skip_deeppcb else deeppcb_section(Path(folder), args.pcb_model)
+        folds = {"skipped": "no --pcb-folds"}
+        results["design_folds"] = design_folds_section(Path(folder), args.pcb_folds) if args.pcb_folds else folds
         results["elpv"] = {"skipped": "--skip-elpv"} if args.skip_elpv else elpv_section(Path(folder))
     results["threads"] = args.threads
     results["cpu_int8_dot_product"] = cpu_int8_dot_product()
@@ -339,11 +383,11 @@ def main() -> None:
         print(f"{args.pcb_model.name} ({args.pcb_model}): {results['deeppcb']['backend']}")
     print(f"{'measure':38s} {'value':>10s}  target")
     rows = {k: v for k, v in results.items() if isinstance(v, int | float)}
-    for section in ("deeppcb", "elpv"):
+    for section in ("deeppcb", "design_folds", "elpv"):
         rows.update({k: v for k, v in results[section].items() if isinstance(v, int | float)})
     for key, value in rows.items():
         print(f"{key:38s} {value:>10.4g}  {passes(key, value)}")
-    for section in ("deeppcb", "elpv"):
+    for section in ("deeppcb", "design_folds", "elpv"):
         for key, reason in results[section].items():
             if key.endswith("skipped"):
                 print(f"{section} {key.replace('_', ' ')}: {reason}")

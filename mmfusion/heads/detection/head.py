@@ -147,13 +147,13 @@ class DetectionHead(Head):
                 for index, (vertical, horizontal) in enumerate(FLIPS)
             ]
             cells = torch.cat([cells, *mirrors])  # (B * (1 + F), D, h, w)
-        logits, geometry = self.network(cells)
-        heatmap = torch.sigmoid(logits)  # (B * (1 + F), K, h, w)
+        fine = self.network.features(cells)  # (B * (1 + F), W, h, w)
+        heatmap = torch.sigmoid(self.network.heatmap(fine))  # (B * (1 + F), K, h, w)
+        geometry = self.network.geometry(fine[:batch] if flipping else fine)  # (B, 4, h, w): sizes from the plain pass
         if flipping:
             views = [heatmap[index * batch : (index + 1) * batch] for index in range(1 + len(FLIPS))]
             heatmap = views[0] + sum(flip_map(view, *flip) for view, flip in zip(views[1:], FLIPS, strict=True))
             heatmap = heatmap / (1 + len(FLIPS))  # (B, K, h, w)
-            geometry = geometry[:batch]  # box sizes from the plain pass
         valid = fused.mask.reshape(batch, 1, *grid).to(heatmap.dtype)  # (B, 1, h, w)
         return {"heatmap": heatmap * valid, "geometry": geometry}
 

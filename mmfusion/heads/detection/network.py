@@ -48,9 +48,13 @@ class CenterNet(nn.Module):
         nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - prior) / prior))  # start near "no defect"
 
     def forward(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fine = self.features(cells)  # (B, W, h, w)
+        return self.heatmap(fine), self.geometry(fine)  # (B, K, h, w) logits, (B, 4, h, w)
+
+    def features(self, cells: torch.Tensor) -> torch.Tensor:
+        """The decoder's cell-resolution features (B, W, h, w) both output branches read."""
         fine = self.stem(cells)  # (B, W, h, w)
         middle = self.down1(fine)  # (B, 2W, h/2, w/2)
         coarse = self.down2(middle)  # (B, 4W, h/4, w/4)
         middle = self.up2(middle + F.interpolate(self.lateral2(coarse), size=middle.shape[-2:], mode="nearest"))
-        fine = self.up1(fine + F.interpolate(self.lateral1(middle), size=fine.shape[-2:], mode="nearest"))
-        return self.heatmap(fine), self.geometry(fine)  # (B, K, h, w) logits, (B, 4, h, w)
+        return self.up1(fine + F.interpolate(self.lateral1(middle), size=fine.shape[-2:], mode="nearest"))
