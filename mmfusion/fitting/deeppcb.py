@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mmfusion.config import ConfigError
 from mmfusion.data.deeppcb import SPLIT_FILE, SPLITS, deeppcb_manifests
 from mmfusion.data.manifest import Box, ManifestRow, load_manifest
 from mmfusion.evaluation.boxes import box_metrics, ranked_matches
@@ -198,19 +199,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run(
-        args.data,
-        args.model,
-        args.work,
-        args.head,
-        args.val_fraction,
-        args.seed,
-        args.epochs,
-        not args.no_fit,
-        args.split,
-        args.seen_fraction,
-        args.recalibrate,
-    )
+    try:
+        result = run(
+            args.data,
+            args.model,
+            args.work,
+            args.head,
+            args.val_fraction,
+            args.seed,
+            args.epochs,
+            not args.no_fit,
+            args.split,
+            args.seen_fraction,
+            args.recalibrate,
+        )
+    except (InputError, ConfigError) as error:  # one line, no traceback
+        raise SystemExit(f"mmfusion.fitting.deeppcb: {error}") from None
     text = json.dumps(result, indent=2)
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -197,3 +197,10 @@ def test_recalibrating_rewrites_only_the_threshold_and_only_on_the_split_the_wei
     assert after["fscore"] == result["calibration"]["fscore"] == result["val"]["fscore"]
     assert after["split"] == before["split"] and after["types"] == before["types"]
     assert (fitted / WEIGHTS_FILE).read_bytes() == weights
+
+
+def test_the_command_line_says_in_one_line_that_recalibrating_goes_with_no_fit(tmp_path):
+    from mmfusion.fitting.deeppcb import main
+
+    with pytest.raises(SystemExit, match=r"^mmfusion.fitting.deeppcb: recalibrate: true refits nothing.*--no-fit\)$"):
+        main(["--recalibrate", "--data", str(tmp_path), "--model", str(tmp_path), "--work", str(tmp_path / "w")])
