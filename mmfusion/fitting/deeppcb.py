@@ -24,6 +24,7 @@ from mmfusion.fitting.registry import FITTERS
 from mmfusion.fitting.thresholds import choose_box_threshold
 from mmfusion.pipeline import Pipeline
 from mmfusion.repository.folder import FITTED_DIR
+from mmfusion.security.integrity import MANIFEST_NAME
 from mmfusion.types import InputError
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "deeppcb-trainval"
@@ -73,9 +74,10 @@ def run(
     asked = {k: record[k] for k in SPLIT_KEYS if k in record}
     fitted_on = asked if fit else fitted_split(head)
     if recalibrate and fitted_on != asked:
+        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in fitted_on.items())
         raise InputError(
             f"--recalibrate: split {asked}; the weights were fitted on {fitted_on}, and a threshold chosen on "
-            "pairs they were trained on would be optimistic; ask for their own split"
+            f"pairs they were trained on would be optimistic; ask for their own split ({flags})"
         )
     if epochs is not None:
         head.params = head.params.model_copy(
@@ -111,6 +113,11 @@ def run(
         head.save_fitted(model / FITTED_DIR / head_name)
     elif recalibrate:
         head.save_calibration(model / FITTED_DIR / head_name)  # the split it records is kept (calibrate_boxes)
+    if (fit or recalibrate) and (Path(model) / MANIFEST_NAME).is_file():
+        result["next"] = (
+            f"{FITTED_DIR}/{head_name}/ was rewritten, so {Path(model) / MANIFEST_NAME} no longer matches and the "
+            f"folder is refused on load; check the figures, then run `mmfusion manifest write {model}`"
+        )
     return result
 
 

@@ -186,8 +186,9 @@ def test_recalibrating_rewrites_only_the_threshold_and_only_on_the_split_the_wei
     weights = (fitted / WEIGHTS_FILE).read_bytes()
     before = json.loads((fitted / CALIBRATION_FILE).read_text())
     root = fake_deeppcb(tmp_path / "deeppcb")
-    with pytest.raises(InputError, match="the weights were fitted on .*'random'.*ask for their own split"):
+    with pytest.raises(InputError, match="the weights were fitted on .*'random'.*ask for their own split") as refused:
         run(root, model, tmp_path / "group", "defects", 0.2, 0, None, fit=False, recalibrate=True)
+    assert "(--split random --val-fraction 0.2 --seed 0)" in str(refused.value)  # the flags that would do
     with pytest.raises(InputError, match="goes with fit: false"):
         run(root, model, tmp_path / "fit", "defects", 0.2, 0, None, fit=True, split="random", recalibrate=True)
     assert json.loads((fitted / CALIBRATION_FILE).read_text()) == before  # refused: nothing written
@@ -197,6 +198,7 @@ def test_recalibrating_rewrites_only_the_threshold_and_only_on_the_split_the_wei
     assert after["fscore"] == result["calibration"]["fscore"] == result["val"]["fscore"]
     assert after["split"] == before["split"] and after["types"] == before["types"]
     assert (fitted / WEIGHTS_FILE).read_bytes() == weights
+    assert result["next"].endswith(f"then run `mmfusion manifest write {model}`")  # its manifest no longer matches
 
 
 def test_the_command_line_says_in_one_line_that_recalibrating_goes_with_no_fit(tmp_path):

@@ -199,10 +199,8 @@ class DetectionHead(Head):
 
     def save_fitted(self, folder: Path) -> None:
         """Write the detector weights and the calibration (threshold, types) to `folder`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.network.state_dict(), folder / WEIGHTS_FILE)
-        self.save_calibration(folder)
+        self.save_calibration(folder)  # makes the folder
+        torch.save(self.network.state_dict(), Path(folder) / WEIGHTS_FILE)
 
     def save_calibration(self, folder: Path) -> None:
         """Write only the calibration (threshold, types) to `folder`, leaving the weights as they are."""
