@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import torch
 from pydantic import Field
@@ -26,24 +27,64 @@ class GoldenTemplateParams(PartParams):
     stride: int = Field(default=4, ge=1, le=16)
 
 
+GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+"""RGB -> grey (ITU-R BT.601 luma), the weights cv2.COLOR_RGB2GRAY uses."""
+
+
+def unit_planes(image: np.ndarray, color: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (P, H, W) float32 in [0, 1]: one grey plane (P = 1) or the three colour planes."""
+    pixels = image.astype(np.float32)
+    if color == "gray":
+        return cv2.transform(pixels, (GREY_WEIGHTS / 255.0).reshape(1, 3))[None]  # (1, H, W)
+    return pixels.transpose(2, 0, 1) * np.float32(1 / 255)  # (3, H, W)
+
+
 def fuse_pair(image: np.ndarray, reference: np.ndarray, fuse: str, color: str) -> np.ndarray:
     """One aligned pair of (H, W, 3) uint8 RGB images as fused planes (C, H, W) float32.
 
     Pixels are scaled to [0, 1]; the signed difference (tested - template, in [-1, 1]) keeps missing
     and extra material apart, which is what separates e.g. an open from a short.
     """
-    if color == "gray":
-        tested = (image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[None] / 255.0  # (1, H, W)
-        template = (reference.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[None] / 255.0
-    else:
-        tested = image.astype(np.float32).transpose(2, 0, 1) / 255.0  # (3, H, W)
-        template = reference.astype(np.float32).transpose(2, 0, 1) / 255.0
+    tested, template = unit_planes(image, color), unit_planes(reference, color)
     planes = {
         "stack": [template, tested],
         "difference": [tested - template],
         "both": [template, tested, tested - template],
     }
     return np.concatenate(planes[fuse], axis=0)
+
+
+def fuse_cells_into(image: np.ndarray, reference: np.ndarray, fuse: str, color: str, stride: int, out: np.ndarray):
+    """`space_to_depth(fuse_pair(...))` written into `out` (C*s*s, h, w); cells beyond the pair's are left as they are.
+
+    The same numbers without the (C, H, W) planes in between: each image's planes are cut into cells once and the
+    signed difference is taken between cells (cutting only moves pixels), which halved preprocessing per pair.
+    """
+    height, width = image.shape[:2]
+    rows, cols = -(-height // stride), -(-width // stride)
+    tested, template = unit_planes(image, color), unit_planes(reference, color)  # (P, H, W) each
+    pad = ((0, 0), (0, rows * stride - height), (0, cols * stride - width))
+    if any(after for _, after in pad):
+        tested, template = np.pad(tested, pad), np.pad(template, pad)
+    size = tested.shape[0] * stride * stride  # cell channels of one image's planes
+    if fuse == "difference":
+        scratch = np.empty((2 * size, rows, cols), np.float32)
+        tested_cells, template_cells = _cut(tested, stride, scratch[:size]), _cut(template, stride, scratch[size:])
+        np.subtract(tested_cells, template_cells, out=out[:size, :rows, :cols])
+        return
+    template_cells = _cut(template, stride, out[:size])
+    tested_cells = _cut(tested, stride, out[size : 2 * size])
+    if fuse == "both":
+        np.subtract(tested_cells, template_cells, out=out[2 * size : 3 * size, :rows, :cols])
+
+
+def _cut(planes: np.ndarray, stride: int, out: np.ndarray) -> np.ndarray:
+    """(P, H, W) planes, H and W multiples of `stride`, as cells into the top-left of `out` (P*s*s, h, w); that part."""
+    channels, height, width = planes.shape
+    rows, cols = height // stride, width // stride
+    target = out.reshape(channels, stride, stride, *out.shape[1:])[..., :rows, :cols]  # (P, s, s, rows, cols) view
+    target[...] = planes.reshape(channels, rows, stride, cols, stride).transpose(0, 2, 4, 1, 3)
+    return out[:, :rows, :cols]
 
 
 def space_to_depth(planes: np.ndarray, stride: int) -> np.ndarray:
@@ -81,7 +122,7 @@ class GoldenTemplateEncoder(Encoder):
 
     def preprocess(self, items: list[Any]) -> dict[str, np.ndarray]:
         """(image, reference) pairs -> cells (B, C*s*s, H/s, W/s) float32 (padded to the stride), sizes (B, 2) int64."""
-        fused = []
+        pairs = []
         for index, item in enumerate(items):
             if not isinstance(item, tuple) or len(item) != 2 or item[1] is None:
                 raise InputError(f"reference_image: missing for item {index}; expected an (image, template) pair")
@@ -92,18 +133,13 @@ class GoldenTemplateEncoder(Encoder):
                     f"reference_image: size {reference.shape[1]}x{reference.shape[0]} differs from the image's "
                     f"{image.shape[1]}x{image.shape[0]}; expected an aligned pair"
                 )
-            fused.append(fuse_pair(image, reference, self.params.fuse, self.params.color))
+            pairs.append((image, reference))
         stride = self.params.stride
-        height = -(-max(f.shape[1] for f in fused) // stride) * stride
-        width = -(-max(f.shape[2] for f in fused) // stride) * stride
-        cells = np.zeros((len(fused), self.output_dim, height // stride, width // stride), np.float32)  # (B, D, h, w)
-        for index, planes in enumerate(fused):
-            if planes.shape[1:] != (height, width):
-                padded = np.zeros((self.planes, height, width), np.float32)
-                padded[:, : planes.shape[1], : planes.shape[2]] = planes
-                planes = padded
-            cells[index] = space_to_depth(planes, stride)
-        sizes = np.array([f.shape[1:] for f in fused], np.int64)  # (B, 2) height, width
+        sizes = np.array([image.shape[:2] for image, _ in pairs], np.int64)  # (B, 2) height, width
+        rows, cols = -(-sizes.max(0) // stride)
+        cells = np.zeros((len(pairs), self.output_dim, rows, cols), np.float32)  # (B, D, h, w), zero padding
+        for index, (image, reference) in enumerate(pairs):
+            fuse_cells_into(image, reference, self.params.fuse, self.params.color, stride, cells[index])
         return {"cells": cells, "sizes": sizes}
 
     def forward(self, cells: torch.Tensor, sizes: torch.Tensor) -> Embedding:

@@ -63,3 +63,19 @@ def test_items_that_are_not_pairs_are_refused():
         encoder.preprocess([grey(0)])
     with pytest.raises(InputError, match="differs from the image's 24x16"):
         encoder.preprocess([(grey(0), grey(0, 8, 8))])
+
+
+@pytest.mark.parametrize(
+    ("fuse", "color"), [("both", "gray"), ("stack", "rgb"), ("difference", "gray"), ("both", "rgb")]
+)
+@pytest.mark.parametrize(("height", "width"), [(16, 24), (13, 21)])
+def test_batch_cells_are_the_fused_planes_cut_by_stride(fuse, color, height, width):
+    rng = np.random.default_rng(1)
+    tested, template = (rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(2))
+    encoder = GoldenTemplateEncoder(GoldenTemplateParams(fuse=fuse, color=color, stride=4))
+    cells = encoder.preprocess([(tested, template), (grey(9, 20, 28), grey(7, 20, 28))])["cells"]
+    planes = np.zeros((encoder.planes, 20, 28), np.float32)  # the pair zero-padded to the batch's 20x28
+    planes[:, :height, :width] = fuse_pair(tested, template, fuse, color)
+    assert cells.shape == (2, encoder.output_dim, 5, 7)
+    np.testing.assert_allclose(cells[0], space_to_depth(planes, 4), rtol=0, atol=1e-6)
+    assert np.abs(cells[0]).max() > 0.1  # the pair's pixels, not padding alone
