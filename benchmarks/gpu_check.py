@@ -1,7 +1,8 @@
-"""GPU check: torch fp16/bf16 eager vs torch.compile vs CUDA graphs vs TensorRT, and 64 camera streams at 15 fps.
+"""GPU check: torch fp16/bf16 eager vs torch.compile vs CUDA graphs vs TensorRT, 64 camera streams at 15 fps, PCB pairs.
 
 Prints one table (variant x batch -> images/s, p50/p99 latency of a backend call, cosine against torch FP32
-eager) and one line for the stream simulation (achieved fps per stream, p99 frame latency), and writes
+eager), one line for the stream simulation (achieved fps per stream, p99 frame latency), the shipped pcb-template
+detector end to end per precision (pairs/s, verdicts and boxes against torch FP32 on CPU), and writes
 benchmarks/results/gpu_check.json. Run through benchmarks/gpu_check.sh (which adds the gpu-marked tests).
 `--device cpu --dry` runs every code path that does not need CUDA on a tiny random model in seconds;
 CUDA-only variants are listed as skipped with the reason.
@@ -184,6 +185,55 @@ def simulate_streams(runner, frame: np.ndarray, streams: int, fps: float, second
     }
 
 
+def detector_section(device: str, batch_sizes: tuple[int, ...], seconds: float) -> list[dict]:
+    """The shipped pcb-template detector (its test-time flips on) end to end on its 16 calibration pairs: pairs/s
+    and p99 of `predict_batch` per precision and batch, and how its verdicts and boxes agree with torch FP32 on CPU."""
+    from mmfusion.config import RuntimeSpec
+    from mmfusion.media import decode_image
+    from mmfusion.pipeline import Pipeline
+    from mmfusion.repository.auto_int8 import verdict_agreement
+    from mmfusion.types import Inputs
+
+    model = REPO / "models" / "pcb-template"
+    folder = model / "calibration"
+    pairs = [
+        Inputs(
+            image=decode_image(path.read_bytes(), path.name),
+            reference=decode_image((folder / "references" / path.name).read_bytes(), path.name),
+        )
+        for path in sorted(folder.glob("*.jpg"))
+    ]
+    cpu = Pipeline(model, backend=RuntimeSpec(backend="torch", device="cpu", precision="fp32"))
+    reference = [p.outputs for p in cpu.predict_batch(pairs)]
+    cpu.close()
+    low = ("fp32", "fp16", "bf16") if device == "cuda" else ("fp32",)
+    rows = []
+    for precision in low:
+        pipeline = Pipeline(model, backend=RuntimeSpec(backend="torch", device=device, precision=precision))
+        agreement = verdict_agreement(reference, [p.outputs for p in pipeline.predict_batch(pairs)])
+        for batch in batch_sizes:
+            items = (pairs * (batch // len(pairs) + 1))[:batch]
+            pipeline.predict_batch(items)  # warm-up: allocations, kernels
+            latencies: list[float] = []
+            started = time.perf_counter()
+            while len(latencies) < 3 or (time.perf_counter() - started < seconds and len(latencies) < 200):
+                began = time.perf_counter()
+                pipeline.predict_batch(items)
+                latencies.append(time.perf_counter() - began)
+            rows.append(
+                {
+                    "variant": f"pcb-template torch {precision}",
+                    "batch": batch,
+                    "pairs_per_second": batch * len(latencies) / sum(latencies),
+                    "p99_ms": float(np.percentile(np.asarray(latencies) * 1000, 99)),
+                    "verdicts_agreeing": f"{agreement['agreeing']}/{agreement['images']}",
+                    "box_agreement": agreement["box_agreement"],
+                }
+            )
+        pipeline.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -199,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=15.0)
     parser.add_argument("--stream-seconds", type=float, default=None, help="default 10 (1 with --dry)")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; variants past it are skipped")
+    parser.add_argument("--no-detector", action="store_true", help="leave out the pcb-template detector rows")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     import torch
@@ -243,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     best = max(ran, key=lambda v: v.results[max(batch_sizes)]["images_per_second"])
     stream = simulate_streams(best.runner, pixels[0], streams, args.fps, stream_seconds, max(batch_sizes))
     stream["variant"] = best.label
+    detector: list[dict] | str = "skipped: --no-detector"
+    if not args.no_detector:
+        try:
+            detector = detector_section(args.device, (8,) if dry else (8, 32), 0.5 if dry else seconds)
+        except Exception as error:  # reported in the table; the encoder rows above still count
+            detector = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     report = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "model": model_name,
@@ -250,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_sizes": list(batch_sizes),
         "variants": [{"label": v.label, "skipped": v.skipped, "results": v.results} for v in found],
         "streams": stream,
+        "detector": detector,
         "seconds": time.perf_counter() - started,
     }
     print_table(report)
@@ -279,6 +337,18 @@ def print_table(report: dict) -> None:
         f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
         f"dropped {s['dropped_frames']}"
     )
+    detector = report["detector"]
+    if isinstance(detector, str):
+        print(f"pcb-template detector: {detector}")
+    else:
+        print(
+            f"{'detector (end to end)':28s} {'batch':>5s} {'pairs/s':>9s} {'p99 ms':>8s} {'verdicts':>8s} {'boxes':>6s}"
+        )
+        for row in detector:
+            print(
+                f"{row['variant']:28s} {row['batch']:>5} {row['pairs_per_second']:9.1f} {row['p99_ms']:8.1f} "
+                f"{row['verdicts_agreeing']:>8s} {row['box_agreement']:6.3f}"
+            )
     print(f"total {report['seconds']:.0f} s")
 
 
