@@ -284,12 +284,16 @@ def main(argv: list[str] | None = None) -> int:
         if pixels is None:
             spec = next(s for s in variant.runner.input_specs() if s.name == "image.pixels")
             pixels = rng.standard_normal((max(batch_sizes), *spec.shape[1:])).astype(np.float32)
-        for batch in batch_sizes:
-            numbers = time_runner(variant.runner, pixels[:batch], seconds, warmup=1 if dry else 3)
-            output = variant.runner.run({"image.pixels": pixels[:batch]})["embedding.embedding"]
-            reference_outputs.setdefault(batch, output)
-            numbers["cosine_vs_fp32"] = cosine(reference_outputs[batch], output)
-            variant.results[batch] = numbers
+        try:
+            for batch in batch_sizes:
+                numbers = time_runner(variant.runner, pixels[:batch], seconds, warmup=1 if dry else 3)
+                output = variant.runner.run({"image.pixels": pixels[:batch]})["embedding.embedding"]
+                reference_outputs.setdefault(batch, output)
+                numbers["cosine_vs_fp32"] = cosine(reference_outputs[batch], output)
+                variant.results[batch] = numbers
+        except Exception as error:  # e.g. torch.compile without a working triton: reported, the others still run
+            variant.skipped = f"failed to run: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+            variant.results = {}
     ran = [v for v in found if v.results]
     best = max(ran, key=lambda v: v.results[max(batch_sizes)]["images_per_second"])
     stream = simulate_streams(best.runner, pixels[0], streams, args.fps, stream_seconds, max(batch_sizes))
