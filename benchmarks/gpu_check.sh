@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, in under 8 minutes on one GPU: the gpu-marked tests, then one table of
-# torch fp16/bf16 eager vs torch.compile vs CUDA graphs vs TensorRT at batch 1/8/32/64 (p99 latency)
-# and a simulation of 64 camera streams at 15 fps each.
+# torch fp16/bf16 eager vs torch.compile vs CUDA graphs vs TensorRT at batch 1 and 32 (p99 latency),
+# a simulation of 64 camera streams at 15 fps each and the shipped pcb-template detector per precision.
 #   benchmarks/gpu_check.sh                  on a CUDA machine
 #   benchmarks/gpu_check.sh --device cpu     CPU dry run of the same code paths (tiny model, seconds)
 # Extra arguments go to benchmarks/gpu_check.py (e.g. --model vit-b32).

@@ -56,6 +56,12 @@ def test_stream_simulation_batches_waiting_frames_and_keeps_up_when_fast():
     assert max(slow.batches) > 1 and stats["dropped_frames"] > 0 and stats["p99_ms"] >= 200
 
 
+def test_stream_simulation_pads_to_one_shape_for_compiled_graphs():
+    backend = _FixedCost(0.01)
+    stats = gpu_check.simulate_streams(backend, np.zeros((3, 4, 4), np.float32), 8, 20.0, 0.5, 16, fixed_batch=True)
+    assert set(backend.batches) == {16} and stats["worst_fps_per_stream"] >= 15.0
+
+
 def test_gemm_kernel_probe_times_torch_and_both_onnxruntime_kernels():
     kernels = backends.gemm_kernels(threads=1, repeats=1)
     assert set(kernels) == {"torch fp32", "onnxruntime fp32", "onnxruntime int8"}
