@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", choices=sorted(ENCODERS), default=None, help="default effnet-lite0 (tiny with --dry)"
     )
-    parser.add_argument("--batch-sizes", default=None, help="default 1,32 (1,2 with --dry); each size is compiled apart")
+    parser.add_argument("--batch-sizes", default=None, help="default 1,32 (1,2 dry); each size is compiled apart")
     parser.add_argument("--seconds", type=float, default=None, help="timing per variant and batch (default 2, 0.2 dry)")
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--fps", type=float, default=15.0)
