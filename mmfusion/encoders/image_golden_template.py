@@ -54,11 +54,13 @@ def fuse_pair(image: np.ndarray, reference: np.ndarray, fuse: str, color: str) -
     return np.concatenate(planes[fuse], axis=0)
 
 
-def fuse_cells_into(image: np.ndarray, reference: np.ndarray, fuse: str, color: str, stride: int, out: np.ndarray):
+def fuse_cells_into(
+    image: np.ndarray, reference: np.ndarray, fuse: str, color: str, stride: int, out: np.ndarray
+) -> None:
     """`space_to_depth(fuse_pair(...))` written into `out` (C*s*s, h, w); cells beyond the pair's are left as they are.
 
     The same numbers without the (C, H, W) planes in between: each image's planes are cut into cells once and the
-    signed difference is taken between cells (cutting only moves pixels), which halved preprocessing per pair.
+    signed difference is taken between cells (cutting only moves pixels): 4.0 -> 1.6 ms per 640x640 grey pair.
     """
     height, width = image.shape[:2]
     rows, cols = -(-height // stride), -(-width // stride)
@@ -79,7 +81,11 @@ def fuse_cells_into(image: np.ndarray, reference: np.ndarray, fuse: str, color: 
 
 
 def _cut(planes: np.ndarray, stride: int, out: np.ndarray) -> np.ndarray:
-    """(P, H, W) planes, H and W multiples of `stride`, as cells into the top-left of `out` (P*s*s, h, w); that part."""
+    """(P, H, W) planes, H and W multiples of `stride`, as cells into the top-left of `out` (P*s*s, h, w); that part.
+
+    `out` must be C-contiguous (a whole array, or a slice of its first axis), so the reshape below is a view of it.
+    """
+    assert out.flags.c_contiguous, "cells are written through a reshaped view"
     channels, height, width = planes.shape
     rows, cols = height // stride, width // stride
     target = out.reshape(channels, stride, stride, *out.shape[1:])[..., :rows, :cols]  # (P, s, s, rows, cols) view
@@ -94,10 +100,7 @@ def space_to_depth(planes: np.ndarray, stride: int) -> np.ndarray:
     7 of the 23 ms of pcb-template's 640x640 pass on one thread; this copy takes under 1 ms.
     """
     channels, height, width = planes.shape
-    rows, cols = height // stride, width // stride
-    cells = np.empty((channels, stride, stride, rows, cols), np.float32)
-    cells[...] = planes.reshape(channels, rows, stride, cols, stride).transpose(0, 2, 4, 1, 3)
-    return cells.reshape(channels * stride * stride, rows, cols)
+    return _cut(planes, stride, np.empty((channels * stride * stride, height // stride, width // stride), np.float32))
 
 
 @ENCODERS.register("image.golden_template")
