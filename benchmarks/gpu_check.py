@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -118,23 +119,27 @@ def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)).min())
 
 
-def time_runner(runner, pixels: np.ndarray, seconds: float, warmup: int) -> dict:
-    """images/s, p50 and p99 of one call at this batch (after warm-up calls that compile/capture/allocate)."""
-    arrays = {"image.pixels": pixels}
+def time_calls(call, items: int, seconds: float, warmup: int, least: int = 5, most: int = 500) -> dict:
+    """items/s, p50 and p99 of `call()` handling `items` items (after warm-up calls that compile/capture/allocate)."""
     for _ in range(warmup):
-        runner.run(arrays)
+        call()
     latencies = []
     started = time.perf_counter()
-    while len(latencies) < 5 or (time.perf_counter() - started < seconds and len(latencies) < 500):
+    while len(latencies) < least or (time.perf_counter() - started < seconds and len(latencies) < most):
         began = time.perf_counter()
-        runner.run(arrays)
+        call()
         latencies.append(time.perf_counter() - began)
     milliseconds = np.asarray(latencies) * 1000
     return {
-        "images_per_second": len(pixels) * len(latencies) / sum(latencies),
+        "images_per_second": items * len(latencies) / sum(latencies),
         "p50_ms": float(np.percentile(milliseconds, 50)),
         "p99_ms": float(np.percentile(milliseconds, 99)),
     }
+
+
+def time_runner(runner, pixels: np.ndarray, seconds: float, warmup: int) -> dict:
+    """images/s, p50 and p99 of one backend call at this batch."""
+    return time_calls(lambda: runner.run({"image.pixels": pixels}), len(pixels), seconds, warmup)
 
 
 def simulate_streams(
@@ -198,17 +203,14 @@ def detector_section(device: str, batch_sizes: tuple[int, ...], seconds: float, 
     from mmfusion.config import RuntimeSpec
     from mmfusion.media import decode_image
     from mmfusion.pipeline import Pipeline
-    from mmfusion.repository.auto_int8 import verdict_agreement
+    from mmfusion.repository.auto_int8 import calibration_images, calibration_references, verdict_agreement
     from mmfusion.types import Inputs
 
     model = REPO / "models" / "pcb-template"
-    folder = model / "calibration"
+    images = calibration_images(model)[:pairs_used]
     pairs = [
-        Inputs(
-            image=decode_image(path.read_bytes(), path.name),
-            reference=decode_image((folder / "references" / path.name).read_bytes(), path.name),
-        )
-        for path in sorted(folder.glob("*.jpg"))[:pairs_used]
+        Inputs(image=decode_image(image), reference=decode_image(reference))
+        for image, reference in zip(images, calibration_references(model, images), strict=True)
     ]
     cpu = Pipeline(model, backend=RuntimeSpec(backend="torch", device="cpu", precision="fp32"))
     reference = [p.outputs for p in cpu.predict_batch(pairs)]
@@ -220,19 +222,13 @@ def detector_section(device: str, batch_sizes: tuple[int, ...], seconds: float, 
         agreement = verdict_agreement(reference, [p.outputs for p in pipeline.predict_batch(pairs)])
         for batch in batch_sizes:
             items = (pairs * (batch // len(pairs) + 1))[:batch]
-            pipeline.predict_batch(items)  # warm-up: allocations, kernels
-            latencies: list[float] = []
-            started = time.perf_counter()
-            while len(latencies) < 3 or (time.perf_counter() - started < seconds and len(latencies) < 200):
-                began = time.perf_counter()
-                pipeline.predict_batch(items)
-                latencies.append(time.perf_counter() - began)
+            timed = time_calls(partial(pipeline.predict_batch, items), batch, seconds, 1, least=3, most=200)
             rows.append(
                 {
                     "variant": f"pcb-template torch {precision}",
                     "batch": batch,
-                    "pairs_per_second": batch * len(latencies) / sum(latencies),
-                    "p99_ms": float(np.percentile(np.asarray(latencies) * 1000, 99)),
+                    "pairs_per_second": timed["images_per_second"],
+                    "p99_ms": timed["p99_ms"],
                     "verdicts_agreeing": f"{agreement['agreeing']}/{agreement['images']}",
                     "box_agreement": agreement["box_agreement"],
                 }
@@ -312,10 +308,13 @@ def main(argv: list[str] | None = None) -> int:
             variant.skipped = f"failed to run: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
             variant.results = {}
     ran = [v for v in found if v.results]
-    best = max(ran, key=lambda v: v.results[max(batch_sizes)]["images_per_second"])
-    compiled = bool(best.runtime.get("compile"))
-    stream = simulate_streams(best.runner, pixels[0], streams, args.fps, stream_seconds, max(batch_sizes), compiled)
-    stream["variant"] = best.label
+    if not ran:  # every variant skipped or failed: the table says why, there is nothing to stream on
+        stream = {"variant": None, "skipped": "no variant ran"}
+    else:
+        best = max(ran, key=lambda v: v.results[max(batch_sizes)]["images_per_second"])
+        compiled = bool(best.runtime.get("compile"))
+        stream = simulate_streams(best.runner, pixels[0], streams, args.fps, stream_seconds, max(batch_sizes), compiled)
+        stream["variant"] = best.label
     report = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "model": model_name,
@@ -347,12 +346,15 @@ def print_table(report: dict) -> None:
                 f"{r['p99_ms']:8.2f} {r['cosine_vs_fp32']:11.6f}"
             )
     s = report["streams"]
-    print(
-        f"{s['streams']} streams x {s['target_fps_per_stream']:.0f} fps on {s['variant']}: "
-        f"mean {s['mean_fps_per_stream']:.1f} fps/stream, worst {s['worst_fps_per_stream']:.1f}, "
-        f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
-        f"dropped {s['dropped_frames']}"
-    )
+    if s.get("skipped"):
+        print(f"streams: skipped: {s['skipped']}")
+    else:
+        print(
+            f"{s['streams']} streams x {s['target_fps_per_stream']:.0f} fps on {s['variant']}: "
+            f"mean {s['mean_fps_per_stream']:.1f} fps/stream, worst {s['worst_fps_per_stream']:.1f}, "
+            f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
+            f"dropped {s['dropped_frames']}"
+        )
     detector = report["detector"]
     if isinstance(detector, str):
         print(f"pcb-template detector: {detector}")

@@ -58,7 +58,7 @@ def test_stream_simulation_batches_waiting_frames_and_keeps_up_when_fast():
 
 def test_stream_simulation_pads_to_one_shape_for_compiled_graphs():
     backend = _FixedCost(0.01)
-    stats = gpu_check.simulate_streams(backend, np.zeros((3, 4, 4), np.float32), 8, 20.0, 0.5, 16, fixed_batch=True)
+    stats = gpu_check.simulate_streams(backend, np.zeros((3, 4, 4), np.float32), 8, 20.0, 1.0, 16, fixed_batch=True)
     assert set(backend.batches) == {16} and stats["worst_fps_per_stream"] >= 15.0
 
 
