@@ -54,6 +54,7 @@ def run(
     split: str = "group",
     seen_fraction: float = 0.1,
     recalibrate: bool = False,
+    training: dict | None = None,
 ) -> dict:
     """Split DeepPCB, fit the head on the train part, calibrate (best F-score) on `val` and measure on the
     held-out parts: `val` (unseen boards with the group split) and `val_seen` (new pairs of seen boards).
@@ -79,10 +80,9 @@ def run(
             f"--recalibrate: split {asked}; the weights were fitted on {fitted_on}, and a threshold chosen on "
             f"pairs they were trained on would be optimistic; ask for their own split ({flags})"
         )
-    if epochs is not None:
-        head.params = head.params.model_copy(
-            update={"training": head.params.training.model_copy(update={"epochs": epochs})}
-        )
+    overrides = {**(training or {}), **({} if epochs is None else {"epochs": epochs})}
+    if overrides:
+        head.params = head.params.model_copy(update={"training": head.params.training.model_copy(update=overrides)})
     fitter = FITTERS.get(pipeline.config.heads[head_name].name)
     fitted = fitter.fit(pipeline, head_name, train, None) if fit else {"fitted": "as shipped"}
     candidates, images_per_second = _candidates(pipeline, head_name, val)
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="split seed (group: which fold of designs is held out)")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's training epochs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
+    parser.add_argument("--device", default=None, help="train on auto (the default) | cpu | cuda | cuda:N")
+    parser.add_argument("--workers", type=int, default=None, help="processes cutting training crops ahead (0: none)")
     parser.add_argument("--no-fit", action="store_true", help="measure the fitted weights as they are")
     parser.add_argument(
         "--recalibrate",
@@ -219,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             args.split,
             args.seen_fraction,
             args.recalibrate,
+            {k: v for k, v in (("device", args.device), ("workers", args.workers)) if v is not None},
         )
     except (InputError, ConfigError) as error:  # one line, no traceback
         raise SystemExit(f"mmfusion.fitting.deeppcb: {error}") from None

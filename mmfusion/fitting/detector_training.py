@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -37,6 +40,10 @@ class TrainSettings:
     inverse_types: tuple[int, ...] = ()
     """invert: the type index each type becomes when copper and board swap (empty: every type stays)."""
     seed: int = 0
+    device: str = "auto"
+    """Where the network trains: auto (CUDA when there is one), cpu, cuda or cuda:N; crops are cut on the CPU."""
+    workers: int = 0
+    """Processes cutting the crops, one epoch each (0: in this process, one random stream for the whole run)."""
 
 
 @dataclass
@@ -161,9 +168,61 @@ def epoch_crops(pairs: list[LabelledPair], settings: TrainSettings, rng: np.rand
     return [crops[i] for i in order]
 
 
-def train_detector(head, encoder: Encoder, pairs: list[LabelledPair], settings: TrainSettings) -> dict[str, float]:
-    """Train `head` (a DetectionHead) in place on crops of `pairs` read through `encoder`; returns loss figures."""
+_WORKER_PAIRS: list[LabelledPair] = []
+"""The pairs a forked crop worker reads: inherited, never pickled."""
+
+
+def _epoch_in_worker(settings: TrainSettings, epoch: int) -> list:
+    """One epoch's crops from its own random stream (seed, epoch): the same run for any number of workers."""
+    return epoch_crops(_WORKER_PAIRS, settings, np.random.default_rng([settings.seed, epoch]))
+
+
+def epochs_of_crops(pairs: list[LabelledPair], settings: TrainSettings) -> Iterator[list]:
+    """Each epoch's shuffled crops in order; with `workers`, cut ahead in processes forked now (workers + 1 ahead)."""
+    if settings.workers <= 0:
+        return _epochs_here(pairs, settings)
+    global _WORKER_PAIRS
+    _WORKER_PAIRS = pairs
+    pool = multiprocessing.get_context("fork").Pool(settings.workers)  # forked before any CUDA work in this process
+    _WORKER_PAIRS = []
+    return _epochs_from(pool, settings)
+
+
+def _epochs_here(pairs: list[LabelledPair], settings: TrainSettings) -> Iterator[list]:
     rng = np.random.default_rng(settings.seed)
+    for _ in range(settings.epochs):
+        yield epoch_crops(pairs, settings, rng)
+
+
+def _epochs_from(pool, settings: TrainSettings) -> Iterator[list]:
+    with pool:
+        pending: deque = deque()
+        for epoch in range(settings.epochs):
+            pending.append(pool.apply_async(_epoch_in_worker, (settings, epoch)))
+            if len(pending) > settings.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def training_device(name: str) -> torch.device:
+    """auto: CUDA when this machine has it, else the CPU; an InputError for CUDA on a machine without it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device: {name!r}; this machine has no CUDA device; expected cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device: {name!r}; expected auto, cpu, cuda or cuda:N") from None
+
+
+def train_detector(head, encoder: Encoder, pairs: list[LabelledPair], settings: TrainSettings) -> dict[str, float]:
+    """Train `head` (a DetectionHead) in place on crops of `pairs` read through `encoder`; returns loss figures.
+
+    The head trains on `settings.device` and is back on the CPU when this returns.
+    """
+    device = training_device(settings.device)
     torch.manual_seed(settings.seed)
     stride, types = head.params.stride, len(head.spec.labels)
     cells = settings.crop // stride
@@ -171,19 +230,20 @@ def train_detector(head, encoder: Encoder, pairs: list[LabelledPair], settings: 
     steps = settings.epochs * math.ceil(per_epoch / settings.batch_size)
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=steps, pct_start=0.15)
-    head.train()
+    crops_by_epoch = epochs_of_crops(pairs, settings)  # forks (with workers) before CUDA starts here
+    head.to(device).train()
+    encoder.to(device)
     started, losses = time.perf_counter(), []
-    progress = tqdm(total=steps, desc="training detector", unit="batch", mininterval=10)
-    for _ in range(settings.epochs):
-        crops = epoch_crops(pairs, settings, rng)
+    progress = tqdm(total=steps, desc=f"training detector ({device.type})", unit="batch", mininterval=10)
+    for crops in crops_by_epoch:
         for start in range(0, len(crops), settings.batch_size):
             batch = crops[start : start + settings.batch_size]
             arrays = encoder.preprocess([(tested, template) for tested, template, _ in batch])
             targets = [render_targets(boxes.tolist(), types, cells, cells, stride) for _, _, boxes in batch]
-            heatmap = torch.from_numpy(np.stack([t[0] for t in targets]))  # (B, K, h, w)
-            geometry = torch.from_numpy(np.stack([t[1] for t in targets]))  # (B, 4, h, w)
-            weight = torch.from_numpy(np.stack([t[2] for t in targets]))  # (B, h, w)
-            fused = encoder(**{name: torch.from_numpy(value) for name, value in arrays.items()})
+            heatmap = torch.from_numpy(np.stack([t[0] for t in targets])).to(device)  # (B, K, h, w)
+            geometry = torch.from_numpy(np.stack([t[1] for t in targets])).to(device)  # (B, 4, h, w)
+            weight = torch.from_numpy(np.stack([t[2] for t in targets])).to(device)  # (B, h, w)
+            fused = encoder(**{name: torch.from_numpy(value).to(device) for name, value in arrays.items()})
             logits, predicted_geometry = head.maps(fused)
             heat_loss = focal_loss(logits, heatmap)
             box_loss = geometry_loss(predicted_geometry, geometry, weight)
@@ -196,7 +256,8 @@ def train_detector(head, encoder: Encoder, pairs: list[LabelledPair], settings: 
             progress.update()
             progress.set_postfix(heat=f"{heat_loss.item():.3f}", box=f"{box_loss.item():.3f}")
     progress.close()
-    head.eval()
+    head.to("cpu").eval()
+    encoder.to("cpu")
     tail = np.array(losses[-max(1, len(losses) // 10) :])
     return {
         "train_pairs": float(len(pairs)),

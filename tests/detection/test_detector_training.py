@@ -44,3 +44,38 @@ def test_weight_decay_shrinks_the_weights_of_the_same_seeded_run(unfitted):
     assert summary["train_steps"] == 20 and summary["train_pairs"] == 1  # 2 defect crops + 1 background: 1 batch
     assert math.isfinite(summary["final_heatmap_loss"]) and math.isfinite(summary["final_box_loss"])
     assert decayed < 0.9 * plain, (decayed, plain)
+
+
+def test_crop_workers_give_the_same_epochs_whatever_their_number_and_the_legacy_stream_without():
+    from mmfusion.fitting.detector_training import epoch_crops, epochs_of_crops
+
+    pair = LabelledPair(defective_board(), clean_board(), np.array([[235, 125, 265, 178, 1]], np.float32))
+    settings = TrainSettings(epochs=3, crop=64)
+    runs = {n: list(epochs_of_crops([pair], TrainSettings(**{**vars(settings), "workers": n}))) for n in (1, 2)}
+    for one, two in zip(runs[1], runs[2], strict=True):
+        assert [len(c[2]) for c in one] == [len(c[2]) for c in two]
+        assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(one, two, strict=True))
+    assert len(runs[1]) == 3 and not np.array_equal(runs[1][0][0][0], runs[1][1][0][0])  # epochs differ
+    rng = np.random.default_rng(settings.seed)
+    legacy = [epoch_crops([pair], settings, rng) for _ in range(3)]
+    here = list(epochs_of_crops([pair], settings))  # workers 0: one stream for the run, as before workers existed
+    assert all(np.array_equal(a[0], b[0]) for x, y in zip(legacy, here, strict=True) for a, b in zip(x, y, strict=True))
+
+
+def test_training_with_workers_ends_with_the_head_on_the_cpu_and_bad_devices_are_named(unfitted):
+    from mmfusion.fitting.detector_training import training_device
+    from mmfusion.types import InputError
+
+    head = unfitted.graph.heads["defects"]
+    pair = LabelledPair(defective_board(), clean_board(), np.array([[235, 125, 265, 178, 1]], np.float32))
+    summary = train_detector(
+        head, unfitted.encoder(Modality.IMAGE), [pair], TrainSettings(epochs=2, batch_size=4, workers=2, device="cpu")
+    )
+    assert summary["train_steps"] == 2 and math.isfinite(summary["final_heatmap_loss"])
+    assert {p.device.type for p in head.parameters()} == {"cpu"} and not head.training
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="device: 'gpu'; expected auto, cpu, cuda or cuda:N"):
+        training_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="device: 'cuda'; this machine has no CUDA device"):
+            training_device("cuda")

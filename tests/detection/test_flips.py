@@ -8,7 +8,7 @@ import torch
 
 from mmfusion.config import ConfigError, HeadSpec
 from mmfusion.encoders.image_golden_template import GoldenTemplateEncoder, GoldenTemplateParams
-from mmfusion.heads.detection.flips import FLIPS, cell_permutation, flip_cells, flip_map
+from mmfusion.heads.detection.flips import FLIPS, MIRRORS, cell_permutation, flip_cells, flip_map
 from mmfusion.heads.detection.head import DetectionHead, DetectionParams
 from mmfusion.types import Embedding
 
@@ -36,7 +36,7 @@ def test_flipped_cells_are_the_cells_of_the_mirrored_pair(vertical, horizontal):
     assert torch.equal(flip_map(flip_map(cells, vertical, horizontal), vertical, horizontal), cells)
 
 
-def head(test_flips: bool, input_dim: int = 48) -> DetectionHead:
+def head(test_flips: bool | list[str], input_dim: int = 48) -> DetectionHead:
     torch.manual_seed(0)
     params = DetectionParams(stride=4, width=8, test_flips=test_flips)
     detector = DetectionHead(params, input_dim, HeadSpec(name="detection", labels=TYPES)).eval()
@@ -69,6 +69,33 @@ def test_the_heatmap_is_the_mean_over_the_mirrored_pairs_and_geometry_the_plain_
     assert not torch.allclose(got["heatmap"], expected["heatmap"], atol=1e-3)  # the flips do change it
     assert torch.allclose(got["geometry"], expected["geometry"], atol=1e-6)  # one batched pass: equal to rounding
     assert set(flipping.state_dict()) == set(plain.state_dict())
+
+
+@pytest.mark.parametrize("mirrors", [["both"], ["up-down", "left-right"]])
+def test_named_mirrors_average_only_their_passes(mirrors):
+    encoder = GoldenTemplateEncoder(GoldenTemplateParams(fuse="both", color="gray", stride=4))
+    tested, template = pair(2)
+    flipping, plain = head(mirrors), head(False)
+    plain.load_state_dict(flipping.state_dict())
+    assert flipping.flips == tuple(flip for name, flip in MIRRORS.items() if name in mirrors)  # MIRRORS' order
+    with torch.inference_mode():
+        got = flipping(embedding(encoder, tested, template))
+        maps = [plain(embedding(encoder, tested, template))["heatmap"]]
+        for vertical, horizontal in flipping.flips:
+            seen = plain(
+                embedding(encoder, mirrored(tested, vertical, horizontal), mirrored(template, vertical, horizontal))
+            )
+            maps.append(flip_map(seen["heatmap"], vertical, horizontal))
+        every = head(True)(embedding(encoder, tested, template))["heatmap"]
+    assert torch.allclose(got["heatmap"], torch.stack(maps).mean(0), atol=1e-6)
+    assert not torch.allclose(got["heatmap"], every, atol=1e-4)  # fewer passes: another mean
+
+
+def test_flips_name_known_mirrors():
+    with pytest.raises(ValueError, match="left-right"):
+        head(["sideways"])
+    with pytest.raises(ConfigError, match=r"test_flips: \[\]; expected true, false or mirrors"):
+        head([])
 
 
 def test_flips_need_pixel_unshuffled_cells():

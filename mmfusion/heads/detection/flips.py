@@ -10,8 +10,19 @@ from __future__ import annotations
 
 import torch
 
-FLIPS = ((False, True), (True, False), (True, True))
-"""(up-down, left-right) of the extra passes beside the plain one."""
+MIRRORS = {"left-right": (False, True), "up-down": (True, False), "both": (True, True)}
+"""(up-down, left-right) of each mirror a `test_flips` list may name; "both" is the half turn."""
+FLIPS = tuple(MIRRORS.values())
+"""(up-down, left-right) of the extra passes beside the plain one with `test_flips: true`."""
+
+
+def chosen_flips(test_flips: bool | list[str]) -> tuple[tuple[bool, bool], ...]:
+    """The extra passes `test_flips` asks for: none, all three mirrors (true) or the named ones, in MIRRORS' order."""
+    if test_flips is True:
+        return FLIPS
+    if not test_flips:
+        return ()
+    return tuple(flip for name, flip in MIRRORS.items() if name in test_flips)
 
 
 def cell_permutation(dim: int, stride: int, vertical: bool, horizontal: bool) -> torch.Tensor:

@@ -15,7 +15,7 @@ from mmfusion.config import ConfigError, HeadSpec, PartParams
 from mmfusion.data.manifest import Box
 from mmfusion.heads.base import Head
 from mmfusion.heads.detection.decode import decode_boxes
-from mmfusion.heads.detection.flips import FLIPS, cell_permutation, flip_cells, flip_map
+from mmfusion.heads.detection.flips import cell_permutation, chosen_flips, flip_cells, flip_map
 from mmfusion.heads.detection.network import CenterNet
 from mmfusion.heads.detection.topology import MIN_PIECE, TOPOLOGY_TYPES, retype
 from mmfusion.registry import HEADS
@@ -51,6 +51,10 @@ class TrainingParams(PartParams):
     weight_decay: float = Field(default=1e-4, ge=0)
     """AdamW's decoupled weight decay: larger pulls the weights toward zero, a smoother detector."""
     seed: int = 0
+    device: str = "auto"
+    """Where the network trains: auto (CUDA when the machine has it), cpu, cuda or cuda:N."""
+    workers: int = Field(default=0, ge=0)
+    """Processes cutting crops ahead, an epoch each with its own random stream (0: here, one stream for the run)."""
 
 
 class DetectionParams(PartParams):
@@ -62,9 +66,10 @@ class DetectionParams(PartParams):
     nms_iou: float = Field(default=0.5, ge=0, le=1)
     max_boxes: int = Field(default=100, ge=1)
     iou_threshold: float = Field(default=0.33, ge=0, le=1)
-    test_flips: bool = False
-    """Average the heatmaps over the pair as given and mirrored left-right, up-down and both (one network pass on
-    four times the batch; box sizes from the plain pass). DeepPCB unseen designs, five folds: F 0.968 -> 0.972."""
+    test_flips: bool | list[Literal["left-right", "up-down", "both"]] = False
+    """Average the heatmaps over the pair as given and mirrored left-right, up-down and both (true), or only the
+    mirrors named (["both"]: the half turn, two passes instead of four). One network pass on (1 + mirrors) times the
+    batch; box sizes from the plain pass. DeepPCB unseen designs, five folds: F 0.968 -> 0.972 with all three."""
     topology_types: bool = False
     """Retype each box within its side (copper missing or extra) by what it does to the copper, read from the tested
     image and its template (topology.py): open / mousebite by whether it severs, short / spur by whether it joins,
@@ -104,14 +109,19 @@ class DetectionHead(Head):
                 f"detection head: topology_types: true retypes {', '.join(TOPOLOGY_TYPES)}; labels {spec.labels} "
                 f"lack {', '.join(missing)}; name them or set topology_types: false"
             )
-        if params.test_flips:
+        self.flips = chosen_flips(params.test_flips)  # (up-down, left-right) of each extra pass
+        if params.test_flips == []:
+            raise ConfigError(
+                "detection head: test_flips: []; expected true, false or mirrors from left-right, up-down, both"
+            )
+        if self.flips:
             if input_dim % (params.stride * params.stride):
                 raise ConfigError(
-                    f"detection head: test_flips: true needs pixel-unshuffled cells (D = planes * stride^2); "
+                    f"detection head: test_flips needs pixel-unshuffled cells (D = planes * stride^2); "
                     f"input dim {input_dim} is not a multiple of stride {params.stride} squared; use the "
                     "image.golden_template encoder with the same stride, or set test_flips: false"
                 )
-            for index, (vertical, horizontal) in enumerate(FLIPS):
+            for index, (vertical, horizontal) in enumerate(self.flips):
                 order = cell_permutation(input_dim, params.stride, vertical, horizontal)
                 self.register_buffer(f"flip_order_{index}", order, persistent=False)  # not in the weights file
 
@@ -140,20 +150,20 @@ class DetectionHead(Head):
     def forward(self, fused: Embedding) -> dict[str, torch.Tensor]:
         cells = self._cells(fused)  # (B, D, h, w)
         batch, grid = cells.shape[0], cells.shape[-2:]  # sizes read off tensors stay free in an exported graph
-        flipping = self.params.test_flips and not self.training
+        flipping = bool(self.flips) and not self.training
         if flipping:  # the mirrored pairs ride in the same batch: one network pass, each layer quantised alike
             mirrors = [
                 flip_cells(cells, getattr(self, f"flip_order_{index}"), vertical, horizontal)
-                for index, (vertical, horizontal) in enumerate(FLIPS)
+                for index, (vertical, horizontal) in enumerate(self.flips)
             ]
-            cells = torch.cat([cells, *mirrors])  # (B * (1 + F), D, h, w)
+            cells = torch.cat([cells, *mirrors])  # (B * (1 + F), D, h, w), F = len(self.flips)
         fine = self.network.features(cells)  # (B * (1 + F), W, h, w)
         heatmap = torch.sigmoid(self.network.heatmap(fine))  # (B * (1 + F), K, h, w)
         geometry = self.network.geometry(fine[:batch] if flipping else fine)  # (B, 4, h, w): sizes from the plain pass
         if flipping:
-            views = [heatmap[index * batch : (index + 1) * batch] for index in range(1 + len(FLIPS))]
-            heatmap = views[0] + sum(flip_map(view, *flip) for view, flip in zip(views[1:], FLIPS, strict=True))
-            heatmap = heatmap / (1 + len(FLIPS))  # (B, K, h, w)
+            views = [heatmap[index * batch : (index + 1) * batch] for index in range(1 + len(self.flips))]
+            heatmap = views[0] + sum(flip_map(view, *flip) for view, flip in zip(views[1:], self.flips, strict=True))
+            heatmap = heatmap / (1 + len(self.flips))  # (B, K, h, w)
         valid = fused.mask.reshape(batch, 1, *grid).to(heatmap.dtype)  # (B, 1, h, w)
         return {"heatmap": heatmap * valid, "geometry": geometry}
 
