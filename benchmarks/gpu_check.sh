@@ -15,6 +15,6 @@ if [[ "${1:-}" == "--device" && "${2:-}" == "cpu" ]]; then
 fi
 started=$(date +%s)
 # The gpu tests (TensorRT engine builds included) get at most 3 minutes; the table gets the rest of 8.
-timeout 180 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/runtime -rs || echo "gpu_check: gpu tests failed or timed out (above)"
+timeout 180 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/runtime tests/detection -rs || echo "gpu_check: gpu tests failed or timed out (above)"
 left=$(( 470 - ($(date +%s) - started) ))
 timeout "$left" "$PYTHON" benchmarks/gpu_check.py --device cuda --budget $(( left - 90 )) "$@"
