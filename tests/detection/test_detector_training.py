@@ -24,15 +24,17 @@ def unfitted(tmp_path_factory) -> Pipeline:
     return Pipeline(folder, backend="torch")
 
 
-def trained(pipeline: Pipeline, weight_decay: float, device: str = "cpu") -> tuple[float, dict[str, float]]:
-    """Train a fresh seeded detector for 20 steps; its parameters' norm and the loss figures."""
+def trained(
+    pipeline: Pipeline, weight_decay: float, device: str = "cpu", epochs: int = 20
+) -> tuple[float, dict[str, float]]:
+    """Train a fresh seeded detector for `epochs` steps; its parameters' norm and the loss figures."""
     head = pipeline.graph.heads["defects"]
     torch.manual_seed(0)
     head.network = CenterNet(head.input_dim, len(head.types), head.params.width)
     short, spur = head.types.index("short"), head.types.index("spur")
     boxes = np.array([[235, 125, 265, 178, short], [322, 410, 352, 440, spur]])
     pair = LabelledPair(defective_board(), clean_board(), boxes.astype(np.float32))
-    settings = TrainSettings(epochs=20, batch_size=4, weight_decay=weight_decay, device=device)
+    settings = TrainSettings(epochs=epochs, batch_size=4, weight_decay=weight_decay, device=device)
     summary = train_detector(head, pipeline.encoder(Modality.IMAGE), [pair], settings)
     norm = math.sqrt(sum(float((p.detach() ** 2).sum()) for p in head.network.parameters()))
     return norm, summary
@@ -84,8 +86,9 @@ def test_training_with_workers_ends_with_the_head_on_the_cpu_and_bad_devices_are
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_training_on_cuda_follows_the_cpu_run_and_returns_the_head_to_the_cpu(unfitted):
-    cpu_norm, cpu = trained(unfitted, 0.0)
-    cuda_norm, cuda = trained(unfitted, 0.0, device="cuda")  # the same seeded crops and initial weights
+    # 4 steps: the same seeded crops and initial weights; later, TF32 rounding and one-pair batches part the runs
+    cpu_norm, cpu = trained(unfitted, 0.0, epochs=4)
+    cuda_norm, cuda = trained(unfitted, 0.0, device="cuda", epochs=4)
     assert {p.device.type for p in unfitted.graph.heads["defects"].parameters()} == {"cpu"}
-    assert cuda["final_heatmap_loss"] == pytest.approx(cpu["final_heatmap_loss"], rel=0.2)  # TF32 on CUDA
-    assert cuda_norm == pytest.approx(cpu_norm, rel=0.05)
+    assert cuda["final_heatmap_loss"] == pytest.approx(cpu["final_heatmap_loss"], rel=0.05)
+    assert cuda_norm == pytest.approx(cpu_norm, rel=0.01)
