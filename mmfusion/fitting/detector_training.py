@@ -254,7 +254,7 @@ def train_detector(head, encoder: Encoder, pairs: list[LabelledPair], settings: 
             schedule.step()
             losses.append((heat_loss.item(), box_loss.item()))
             progress.update()
-            progress.set_postfix(heat=f"{heat_loss.item():.3f}", box=f"{box_loss.item():.3f}")
+            progress.set_postfix(heat=f"{heat_loss.item():.3f}", box=f"{box_loss.item():.3f}", refresh=False)
     progress.close()
     head.to("cpu").eval()
     encoder.to("cpu")
