@@ -220,9 +220,9 @@ def training_device(name: str) -> torch.device:
 def train_detector(head, encoder: Encoder, pairs: list[LabelledPair], settings: TrainSettings) -> dict[str, float]:
     """Train `head` (a DetectionHead) in place on crops of `pairs` read through `encoder`; returns loss figures.
 
-    The head trains on `settings.device` and is back on the CPU when this returns.
+    The head trains on `settings.device` and is back on the device it came on when this returns.
     """
-    device = training_device(settings.device)
+    device, home = training_device(settings.device), next(head.parameters()).device
     torch.manual_seed(settings.seed)
     stride, types = head.params.stride, len(head.spec.labels)
     cells = settings.crop // stride
@@ -256,8 +256,8 @@ def train_detector(head, encoder: Encoder, pairs: list[LabelledPair], settings: 
             progress.update()
             progress.set_postfix(heat=f"{heat_loss.item():.3f}", box=f"{box_loss.item():.3f}", refresh=False)
     progress.close()
-    head.to("cpu").eval()
-    encoder.to("cpu")
+    head.to(home).eval()
+    encoder.to(home)
     tail = np.array(losses[-max(1, len(losses) // 10) :])
     return {
         "train_pairs": float(len(pairs)),

@@ -64,7 +64,7 @@ def test_crop_workers_give_the_same_epochs_whatever_their_number_and_the_legacy_
     assert all(np.array_equal(a[0], b[0]) for x, y in zip(legacy, here, strict=True) for a, b in zip(x, y, strict=True))
 
 
-def test_training_with_workers_ends_with_the_head_on_the_cpu_and_bad_devices_are_named(unfitted):
+def test_training_with_workers_leaves_the_head_where_it_was_and_bad_devices_are_named(unfitted):
     from mmfusion.fitting.detector_training import training_device
     from mmfusion.types import InputError
 
@@ -85,7 +85,7 @@ def test_training_with_workers_ends_with_the_head_on_the_cpu_and_bad_devices_are
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-def test_training_on_cuda_follows_the_cpu_run_and_returns_the_head_to_the_cpu(unfitted):
+def test_training_on_cuda_follows_the_cpu_run_and_returns_the_head_where_it_was(unfitted):
     # 4 steps: the same seeded crops and initial weights; later, TF32 rounding and one-pair batches part the runs
     cpu_norm, cpu = trained(unfitted, 0.0, epochs=4)
     cuda_norm, cuda = trained(unfitted, 0.0, device="cuda", epochs=4)
