@@ -17,6 +17,7 @@ from tqdm import tqdm
 from mmfusion.data.manifest import ManifestRow
 from mmfusion.encoders.base import Encoder
 from mmfusion.fitting.detector_targets import focal_loss, geometry_loss, render_targets
+from mmfusion.training.engine import pick_device
 from mmfusion.types import InputError
 
 
@@ -206,13 +207,11 @@ def _epochs_from(pool, settings: TrainSettings) -> Iterator[list]:
 
 
 def training_device(name: str) -> torch.device:
-    """auto: CUDA when this machine has it, else the CPU; an InputError for CUDA on a machine without it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device: {name!r}; this machine has no CUDA device; expected cpu or auto")
+    """auto: CUDA when this machine has it, else the CPU (engine.pick_device); InputErrors name the bad value."""
     try:
-        return torch.device(name)
+        return pick_device(name)
+    except ValueError:
+        raise InputError(f"device: {name!r}; this machine has no CUDA device; expected cpu or auto") from None
     except RuntimeError:
         raise InputError(f"device: {name!r}; expected auto, cpu, cuda or cuda:N") from None
 
