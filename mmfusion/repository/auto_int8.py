@@ -67,9 +67,10 @@ MIN_BOX_AGREEMENT = 0.95
 """Heads that draw boxes: INT8 must draw this share of the FP32 boxes, and few others (F-score, same type, IoU 0.5).
 A single box flipping near its threshold is not a changed verdict; pcb-template's all-INT8 detector drew 0.995 of
 them on its calibration pairs and scored within 0.002 F of FP32 on 200 held-out DeepPCB pairs (docs/runtimes.md)."""
-RECIPE = 2
+RECIPE = 3
 """How the INT8 export is made and checked; an export recorded under another recipe is made again.
-2: boxes compared (`MIN_BOX_AGREEMENT`), more first layers FP32 while decisions differ, dense heads, pair models."""
+2: boxes compared (`MIN_BOX_AGREEMENT`), more first layers FP32 while decisions differ, dense heads, pair models;
+3: dense heads' output layers FP32 (`quantize.output_layers`)."""
 IMAGE_GROUP = Modality.IMAGE.value
 LOG = logging.getLogger(__name__)
 
@@ -262,10 +263,12 @@ def _check_note(check: dict[str, Any]) -> tuple[bool, str]:
         f"and examples; {check['held_out']} held out of the ranges), max score diff "
         f"{agreement['max_score_difference']:.3f}"
     )
+    outputs = len(check.get("fp32_output_layers", []))
     faster = (
         f"image graph {ratio:.2f}x FP32 ({speed['int8_images_per_s']:.0f} vs {speed['fp32_images_per_s']:.0f} "
         f"images/s at batch {speed['batch']}), first {len(check['fp32_layers'])} of {check['weight_layers']} "
-        "weight layers and the tail after the last convolution kept FP32"
+        f"weight layers{f', the {outputs} output layers' if outputs else ''} and the tail after the last "
+        "convolution kept FP32"
     )
     if agreement["verdicts"] == 0:
         return False, f"int8 not used: CPU has {cpu}, but no head gives a verdict to check INT8 against"
@@ -321,7 +324,9 @@ def build_int8_export(
         kept, dense = 0, all(head.dense_outputs for head in graph.heads.values())
         target = None if dense else FIDELITY_TARGET  # dense maps: judged by the decisions below alone
         while True:  # few first layers in FP32 with which every verdict and box agrees (1, 2, 3, 5, 8 ... more)
-            mixed = quantize_static_prefix(fp32_folder / image.file, staging / image.file, batches, kept, target)
+            mixed = quantize_static_prefix(
+                fp32_folder / image.file, staging / image.file, batches, kept, target, fp32_outputs=dense
+            )
             quantized = _onnx_outputs(staging / image.file, feed, runtime)
             agreement = verdict_agreement(expected, graph.postprocess(quantized, sizes))
             kept, most = len(mixed["fp32_layers"]), max_fp32_layers(mixed["weight_layers"])
@@ -335,6 +340,7 @@ def build_int8_export(
             "fp32_layers": mixed["fp32_layers"],
             "weight_layers": mixed["weight_layers"],
             "fp32_tail_nodes": mixed["fp32_tail_nodes"],
+            "fp32_output_layers": mixed["fp32_output_layers"],
             "output_cosine": mixed["output_cosine"],
             "agreement": agreement,
             "speed": measure_speed(fp32_folder / image.file, staging / image.file, feed, runtime),

@@ -159,12 +159,14 @@ def _quantize_qdq(
     )
 
 
-def graph_layers(path: Path) -> tuple[list[str], list[str]]:
-    """Names of the weight layers (Conv/MatMul/Gemm with a constant weight) and of the tail, in graph order.
+def graph_layers(path: Path, fp32_outputs: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """Names of the weight layers (Conv/MatMul/Gemm with a constant weight), of the tail and of the tail's weight
+    layers, in graph order.
 
     The tail is every node after the last convolution: pooling, fusion and heads. It stays FP32: it costs
     little, and its ranges calibrated on a few images saturate on others (pcb-inspect's cosine head scored its
-    own example boards 0.5, where FP32 gives 0.73 and 0.23). Weight layers in the tail are not listed.
+    own example boards 0.5, where FP32 gives 0.73 and 0.23). Weight layers after the last convolution are listed
+    in neither. `fp32_outputs`: the output layers (`output_layers`) join the tail and are the third list.
     """
     import onnx
 
@@ -172,12 +174,43 @@ def graph_layers(path: Path) -> tuple[list[str], list[str]]:
     nodes, constants = list(model.graph.node), {tensor.name for tensor in model.graph.initializer}
     convolutions = [index for index, node in enumerate(nodes) if node.op_type == "Conv"]
     end = convolutions[-1] + 1 if convolutions else len(nodes)
-    layers = [
-        node.name
-        for node in nodes[:end]
-        if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in constants
-    ]
-    return [name for name in layers if name], [node.name for node in nodes[end:] if node.name]
+    outputs = output_layers(model) if fp32_outputs else set()
+    head = [node for node in nodes[:end] if node.name in outputs]
+    layers = [node.name for node in nodes[:end] if _weight_layer(node, constants) and node.name not in outputs]
+    tail = [node.name for node in head + nodes[end:] if node.name]
+    return [name for name in layers if name], tail, [node.name for node in head if _weight_layer(node, constants)]
+
+
+def _weight_layer(node: Any, constants: set[str]) -> bool:
+    """A Conv/MatMul/Gemm whose weight is a constant of the graph (what INT8 quantises)."""
+    return node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in constants
+
+
+def output_layers(model: Any) -> set[str]:
+    """The output layers: each graph output's last weight layers and the nodes between them and the output.
+
+    Dense detection maps leave the graph straight from a convolution (heatmap logits through a sigmoid, box
+    geometry); INT8 would hand them on in 256 steps of the calibrated range, so peaks near the score threshold
+    move. Kept FP32 they cost one dequantisation of the last feature map (pcb-template: unseen-design F 0.9698 ->
+    0.9704 on INT8, FP32 0.9705; docs/runtimes.md). Nodes before the first of these weight layers (shape
+    arithmetic reaching back to the inputs) are not included.
+    """
+    nodes, constants = list(model.graph.node), {tensor.name for tensor in model.graph.initializer}
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output}
+    visited: set[int] = set()
+    weights: set[int] = set()
+    pending = [output.name for output in model.graph.output]
+    while pending:
+        index = producer.get(pending.pop())
+        if index is None or index in visited:
+            continue
+        visited.add(index)
+        if _weight_layer(nodes[index], constants):
+            weights.add(index)
+        else:
+            pending.extend(nodes[index].input)
+    first = min(weights, default=len(nodes))
+    return {nodes[index].name for index in visited if index >= first}
 
 
 def quantize_static_prefix(
@@ -186,6 +219,7 @@ def quantize_static_prefix(
     batches: list[dict[str, np.ndarray]],
     min_fp32_layers: int = 0,
     fidelity_target: float | None = FIDELITY_TARGET,
+    fp32_outputs: bool = False,
 ) -> dict[str, Any]:
     """INT8 QDQ graph whose first weight layers and tail stay FP32: the fewest layers (at least `min_fp32_layers`)
     that reach `fidelity_target` (None: `min_fp32_layers`, for callers that judge the graph by its decisions).
@@ -196,13 +230,14 @@ def quantize_static_prefix(
     no faster than FP32. Its sensitive weights are its first layers (stem, blocks 0 and 1); keeping a prefix
     of the graph in FP32 leaves one switch in and one out (the tail, `graph_layers`) and the rest on the int8
     kernels (about 2x FP32 with AVX-512 VNNI). The prefix length is found by bisection on `batches` (fidelity
-    grows with it), capped at MAX_WIDE_FRACTION of the layers (`max_fp32_layers`).
+    grows with it), capped at MAX_WIDE_FRACTION of the layers (`max_fp32_layers`). `fp32_outputs`: the output
+    layers stay FP32 too (`output_layers`; for dense maps).
     """
     with tempfile.TemporaryDirectory(prefix="mmfusion-quant-") as folder:
         work = Path(folder)
         prepared = _preprocessed(source, work)
         reference = _outputs(prepared, batches)
-        layers, tail = graph_layers(prepared)
+        layers, tail, output_weights = graph_layers(prepared, fp32_outputs)
         most = max_fp32_layers(len(layers))
 
         def fidelity_with(count: int, path: Path) -> float:
@@ -232,6 +267,7 @@ def quantize_static_prefix(
         "fp32_layers": layers[:kept],
         "weight_layers": len(layers),
         "fp32_tail_nodes": len(tail),
+        "fp32_output_layers": output_weights,
         "weight_bits": weight_bits(),
     }
 

@@ -252,14 +252,18 @@ def test_too_few_agreeing_boxes_keep_fp32():
     check["agreement"]["box_agreement"] = 0.975
     use, note = auto_int8._check_note(check)
     assert use and "box agreement 0.975" in note
+    assert "first 0 of 15 weight layers and the tail after the last convolution kept FP32" in note
+    check["fp32_output_layers"] = ["heatmap", "geometry"]
+    use, note = auto_int8._check_note(check)
+    assert "first 0 of 15 weight layers, the 2 output layers and the tail after the last convolution kept" in note
 
 
 def test_a_disagreeing_int8_graph_keeps_more_first_layers_fp32(cache, model, speed, monkeypatch):
     fake_cpu(monkeypatch, "avx512_vnni")
     real, asked = auto_int8.quantize_static_prefix, []
 
-    def counting(*args):
-        mixed = real(*args)
+    def counting(*args, **kwargs):
+        mixed = real(*args, **kwargs)
         asked.append((args[3], len(mixed["fp32_layers"])))  # (at least, kept)
         return mixed
 

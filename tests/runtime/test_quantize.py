@@ -133,3 +133,63 @@ def test_int8_weights_use_8_bits_only_where_the_cpu_has_int8_dot_products(
         pipeline = Pipeline(model, backend="onnxruntime")
     assert "8-bit INT8 weights" in caplog.text and "re-export here" in caplog.text
     assert pipeline.predict(image=RED + 5).outputs["colour"]["label"] == "red"  # it still runs
+
+
+def _dense_head_graph(path):
+    """Conv-ReLU-Conv trunk, then a heatmap (1x1 conv, sigmoid) and a geometry output (1x1 conv plus a constant)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    nodes = [
+        helper.make_node("Conv", ["image", "w1"], ["t1"], name="trunk1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["t1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["t2"], name="trunk2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["t2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["logits"], name="heatmap_conv"),
+        helper.make_node("Sigmoid", ["logits"], ["heatmap"], name="heatmap_sigmoid"),
+        helper.make_node("Conv", ["r2", "w4"], ["offsets"], name="geometry_conv"),
+        helper.make_node("Add", ["offsets", "grid"], ["geometry"], name="geometry_grid"),
+    ]
+    grid = numpy_helper.from_array(np.arange(2 * 8 * 8, dtype=np.float32).reshape(1, 2, 8, 8) / 16, "grid")
+    graph = helper.make_graph(
+        nodes, "dense", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("heatmap", "geometry")],
+        [weight("w1", 8, 3, 3, 3), weight("w2", 8, 8, 3, 3), weight("w3", 2, 8, 1, 1), weight("w4", 2, 8, 1, 1), grid],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_dense_outputs_keep_their_output_layers_fp32(tmp_path):
+    import onnx
+
+    from mmfusion.runtime.quantize import graph_layers, quantize_static_prefix
+
+    source = tmp_path / "dense.onnx"
+    _dense_head_graph(source)
+    assert graph_layers(source) == (["trunk1", "trunk2", "heatmap_conv", "geometry_conv"], ["geometry_grid"], [])
+    layers, tail, outputs = graph_layers(source, fp32_outputs=True)
+    assert layers == ["trunk1", "trunk2"] and outputs == ["heatmap_conv", "geometry_conv"]
+    assert tail == ["heatmap_conv", "heatmap_sigmoid", "geometry_conv", "geometry_grid"]
+    batches = [{"image": np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)}]
+
+    def producers(path):
+        model = onnx.load(str(path))
+        made_by = {name: node for node in model.graph.node for name in node.output}
+        convs = {node.name: made_by.get(node.input[1]) for node in model.graph.node if node.op_type == "Conv"}
+        return {out.name: made_by[out.name].op_type for out in model.graph.output}, convs
+
+    all_int8, kept = tmp_path / "int8.onnx", tmp_path / "mixed.onnx"
+    plain = quantize_static_prefix(source, all_int8, batches, 0, None)
+    mixed = quantize_static_prefix(source, kept, batches, 0, None, fp32_outputs=True)
+    assert plain["fp32_output_layers"] == [] and mixed["fp32_output_layers"] == ["heatmap_conv", "geometry_conv"]
+    assert producers(all_int8)[0] == {"heatmap": "DequantizeLinear", "geometry": "Add"}  # Add: after the last conv
+    outputs_made_by, weights_made_by = producers(kept)
+    assert outputs_made_by == {"heatmap": "Sigmoid", "geometry": "Add"}  # no 8-bit step on what leaves the graph
+    assert weights_made_by["heatmap_conv"] is None and weights_made_by["geometry_conv"] is None  # FP32 weights
+    assert weights_made_by["trunk2"].op_type == "DequantizeLinear"  # the trunk is INT8
+    assert mixed["weight_layers"] == 2
