@@ -1,4 +1,5 @@
-"""The CPU-runnable parts of benchmarks/gpu_check.py (--device cpu --dry), the stream simulator, the GEMM probe."""
+"""The CPU-runnable parts of benchmarks/gpu_check.py (--device cpu --dry), the stream simulator, the GEMM probe,
+benchmarks/int8_outputs.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import backends  # noqa: E402
 import gpu_check  # noqa: E402
+import int8_outputs  # noqa: E402
 
 
 def test_gpu_check_dry_run_on_cpu_reports_every_variant(tmp_path):
@@ -66,3 +68,18 @@ def test_gemm_kernel_probe_times_torch_and_both_onnxruntime_kernels():
     kernels = backends.gemm_kernels(threads=1, repeats=1)
     assert set(kernels) == {"torch fp32", "onnxruntime fp32", "onnxruntime int8"}
     assert all(0 < value < 1e5 for value in kernels.values())  # G(FL)OPS of one core, not a unit slip
+
+
+def test_int8_output_layers_benchmark_keeps_the_detector_outputs_closer_to_fp32(tmp_path):
+    out = tmp_path / "int8_outputs.json"
+    int8_outputs.main(["--rounds", "1", "--calls", "1", "--out", str(out)])  # the shipped pcb-template
+    rows = {row["graph"]: row for row in json.loads(out.read_text())["rows"]}
+    fp32, outputs_int8, outputs_fp32 = rows["fp32"], rows["recipe 2 (outputs INT8)"], rows["recipe 3 (outputs FP32)"]
+    assert fp32["output_cosine"] == 1.0 and outputs_int8["fp32_output_layers"] == []
+    assert outputs_fp32["fp32_output_layers"] == [
+        "/graph/defects/heatmap/heatmap.2/Conv", "/graph/defects/geometry/geometry.2/Conv",
+    ]  # fmt: skip
+    assert outputs_fp32["output_cosine"] > 0.99 > outputs_int8["output_cosine"]  # held-out pairs
+    geometry = "defects.geometry"
+    assert outputs_fp32["max_difference"][geometry] < outputs_int8["max_difference"][geometry]
+    assert all(row["images_per_second"] > 0 for row in rows.values())
