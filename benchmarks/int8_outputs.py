@@ -25,9 +25,9 @@ from mmfusion.repository.auto_int8 import (
     CALIBRATION_DIR,
     IMAGE_GROUP,
     REFERENCES_DIR,
-    _image_inputs,
     calibration_images,
     calibration_references,
+    image_inputs,
 )
 from mmfusion.repository.export_build import build_export
 from mmfusion.runtime.exported import read_export
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = Pipeline(args.model, backend="torch")
     graph, images = pipeline.graph, calibration_images(args.model)
     pairs = (args.model / CALIBRATION_DIR / REFERENCES_DIR).is_dir()  # (image, reference) models
-    feed, _ = _image_inputs(graph, images, calibration_references(args.model, images) if pairs else None)
+    feed, _ = image_inputs(graph, images, calibration_references(args.model, images) if pairs else None)
     fitting = {name: array[::2] for name, array in feed.items()}
     held_out = {name: array[1::2] for name, array in feed.items()}
     batches = [

@@ -193,7 +193,7 @@ def verdict_agreement(reference: list[dict[str, Any]], candidate: list[dict[str,
     }
 
 
-def _image_inputs(
+def image_inputs(
     graph: PipelineGraph, images: list[Path], references: list[Path] | None = None
 ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
     """The image graph's inputs for `images` (with their `references`, for pair models; read through the folder's
@@ -310,7 +310,7 @@ def build_int8_export(
     staging = staging_dir(destination)
     try:
         examples = [] if references is not None else [p for p in example_images(graph) if p not in images]
-        feed, sizes = _image_inputs(graph, images + examples, references)
+        feed, sizes = image_inputs(graph, images + examples, references)
         ranges = {name: array[: len(images) : 2] for name, array in feed.items()}  # the others stay held out
         batches = [
             {name: array[start : start + CALIBRATION_BATCH] for name, array in ranges.items()}
