@@ -22,9 +22,8 @@ import onnxruntime as ort
 from mmfusion.pipeline import Pipeline
 from mmfusion.repository.auto_int8 import (
     CALIBRATION_BATCH,
-    CALIBRATION_DIR,
     IMAGE_GROUP,
-    REFERENCES_DIR,
+    calibration_batches,
     calibration_images,
     calibration_references,
     image_inputs,
@@ -58,14 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pipeline = Pipeline(args.model, backend="torch")
     graph, images = pipeline.graph, calibration_images(args.model)
-    pairs = (args.model / CALIBRATION_DIR / REFERENCES_DIR).is_dir()  # (image, reference) models
+    pairs = graph.encoders[IMAGE_GROUP].uses_reference  # (image, reference) models, as `auto` reads them
     feed, _ = image_inputs(graph, images, calibration_references(args.model, images) if pairs else None)
-    fitting = {name: array[::2] for name, array in feed.items()}
+    batches = calibration_batches(feed, len(images))  # the even items, as `auto` calibrates
     held_out = {name: array[1::2] for name, array in feed.items()}
-    batches = [
-        {name: array[start : start + CALIBRATION_BATCH] for name, array in fitting.items()}
-        for start in range(0, len(images[::2]), CALIBRATION_BATCH)
-    ]
     timed = {name: array[:CALIBRATION_BATCH] for name, array in feed.items()}
     with tempfile.TemporaryDirectory(prefix="mmfusion-int8-outputs-") as folder:
         work = Path(folder)

@@ -292,6 +292,15 @@ def _check_note(check: dict[str, Any]) -> tuple[bool, str]:
     return True, f"CPU has {cpu}; {agrees}; {faster}"
 
 
+def calibration_batches(feed: dict[str, np.ndarray], items: int) -> list[dict[str, np.ndarray]]:
+    """The INT8 ranges' batches: every other one of the first `items` rows of `feed` (the others stay held out)."""
+    ranges = {name: array[:items:2] for name, array in feed.items()}
+    return [
+        {name: array[start : start + CALIBRATION_BATCH] for name, array in ranges.items()}
+        for start in range(0, (items + 1) // 2, CALIBRATION_BATCH)
+    ]
+
+
 def build_int8_export(
     name: str,
     graph: PipelineGraph,
@@ -311,11 +320,7 @@ def build_int8_export(
     try:
         examples = [] if references is not None else [p for p in example_images(graph) if p not in images]
         feed, sizes = image_inputs(graph, images + examples, references)
-        ranges = {name: array[: len(images) : 2] for name, array in feed.items()}  # the others stay held out
-        batches = [
-            {name: array[start : start + CALIBRATION_BATCH] for name, array in ranges.items()}
-            for start in range(0, len(images[::2]), CALIBRATION_BATCH)
-        ]
+        batches = calibration_batches(feed, len(images))
         if IMAGE_GROUP not in fp32.graphs:
             raise ConfigError(f"the FP32 export has no {IMAGE_GROUP} graph (groups {', '.join(fp32.graphs)})")
         image = fp32.graphs[IMAGE_GROUP]

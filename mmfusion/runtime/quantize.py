@@ -290,9 +290,9 @@ def _weight_sensitivity(
 
     model = onnx.load(str(source))
     initialisers = {tensor.name: tensor for tensor in model.graph.initializer}
-    weights = []
+    constants, weights = set(initialisers), []
     for node in model.graph.node:
-        if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in initialisers:
+        if _weight_layer(node, constants):
             # per-channel axis as ORT quantises it: output channels (Conv: 0; MatMul/Gemm B: last, or 0 if transB)
             trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
             axis = 0 if node.op_type == "Conv" or trans_b else -1
